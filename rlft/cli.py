@@ -1,0 +1,458 @@
+"""The ``rlft`` command line: run the stack (up, serve, worker, migrate, keys) and drive jobs over REST.
+
+Configuration comes from flags, then the environment (``RLFT_API_URL``, ``RLFT_API_KEY``), then the dev
+key that ``rlft up`` writes under the data directory. Exit codes: 0 ok, 1 failure, 2 usage. An expected
+error is one line that says what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rlft import client as api
+
+# soft_wrap: an error stays one line (and an id one token) whatever the terminal's width.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+DEV_KEY_FILE = "dev-api-key"
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit code 1."""
+
+
+# ------------------------------------------------------------------------------------------ configuration
+def _settings():
+    from pydantic import ValidationError as PydanticValidationError
+
+    from rlft.settings import get_settings
+
+    try:
+        return get_settings()
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        raise CLIError(f"bad setting: {first['msg']}") from exc
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if getattr(args, "api_key", None):
+        return args.api_key
+    settings = _settings()
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        return settings.api_key.get_secret_value()
+    dev_key = settings.data_dir / DEV_KEY_FILE
+    return dev_key.read_text().strip() if dev_key.exists() else None
+
+
+def _client(args: argparse.Namespace) -> api.Client:
+    url = getattr(args, "api_url", None) or _settings().api_url
+    key = _api_key(args)
+    if not key:
+        raise CLIError("no API key: set RLFT_API_KEY (or pass --api-key); create one with "
+                       "`rlft keys create --tenant NAME`")
+    return api.Client(url, key)
+
+
+def _explain(exc: api.APIError, url: str) -> str:
+    if isinstance(exc, api.APIConnectionError):
+        return f"cannot reach the API at {url} — start it with `rlft up` or set RLFT_API_URL"
+    if isinstance(exc, api.AuthenticationError):
+        return (f"the API at {url} refused the key (HTTP {exc.status_code}: {exc.message}) — check "
+                "RLFT_API_KEY or create a key with `rlft keys create --tenant NAME`")
+    code = f" [{exc.code}]" if exc.code else ""
+    return f"the API answered HTTP {exc.status_code}{code}: {exc.message}"
+
+
+# -------------------------------------------------------------------------------------- local processes
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.db import migrate
+
+    settings = _settings()
+    migrate(settings)
+    err.print(f"database at {_redact(settings.database_url)} is up to date")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key = create_key(args.tenant, args.name)
+    if args.quiet:
+        sys.stdout.write(key + "\n")  # exactly the key, never wrapped: scripts read it
+    else:
+        out.print(f"API key for tenant {args.tenant!r} (shown once, keep it):\n{key}\n\n"
+                  f"export RLFT_API_KEY={key}")
+    return 0
+
+
+def create_key(tenant: str, name: str | None = None) -> str:
+    """A new API key for ``tenant`` (created if new), through the service's own key store."""
+    from service.keys import create_api_key
+
+    return create_api_key(_settings(), tenant=tenant, name=name or "cli")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    # Replace this process with Celery's own worker so that signals reach it unchanged.
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", args.queues,
+            "--concurrency", str(args.concurrency), "--loglevel", args.log_level.upper()]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    os.execv(sys.executable, argv)
+    return 1  # unreachable
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rlft.demo import LETTER_APP, LocalStack, StackError, run_cli, stack_env
+
+    settings = _settings()
+    api_url = f"http://{args.host}:{args.port}"
+    env = stack_env(settings.data_dir, api_url)
+    for name in ("RLFT_DATABASE_URL", "RLFT_BROKER_URL", "RLFT_ARTIFACT_STORE"):
+        if name in os.environ:  # `rlft up` against a real Postgres/Redis is fine too
+            env[name] = os.environ[name]
+    run_cli(env, "migrate")
+    key = _dev_key(settings.data_dir, env, run_cli)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the children like Ctrl-C does
+    with LocalStack(env=env, log_dir=settings.data_dir / "logs") as stack:
+        try:
+            url = stack.start_api(args.host, args.port)
+            for _ in range(args.workers):
+                stack.start_worker()
+            reward = None
+            if args.reward_server:
+                reward = stack.start_reward_server(LETTER_APP, args.host, args.reward_port)
+            _print_up(url, key, reward, stack.log_dir)
+            while True:
+                stack.check_alive()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            err.print("stopping the API and the workers…")
+        except StackError as exc:
+            raise CLIError(str(exc)) from exc
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _dev_key(data_dir: Path, env: dict[str, str], run_cli: Callable[..., str]) -> str:
+    """The laptop's dev key: made once, kept under the data directory (the database stores only a hash)."""
+    path = data_dir / DEV_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    key = run_cli(env, "keys", "create", "--tenant", "dev", "--name", "rlft-up", "--quiet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def _print_up(url: str, key: str, reward: str | None, log_dir: Path) -> None:
+    out.print(f"API     {url}   (interactive docs: {url}/docs)")
+    out.print(f"key     {key}   (kept in {log_dir.parent / DEV_KEY_FILE}; the CLI picks it up)")
+    if reward:
+        out.print(f"reward  {reward}   (examples/rewards/letter.py)")
+    out.print(f"logs    {log_dir}/")
+    out.print("Ctrl-C stops everything.")
+
+
+# ------------------------------------------------------------------------------------------- job commands
+def _load_spec_dict(path: str) -> dict[str, Any]:
+    """Read and validate a spec locally first: a typo is reported with its field before any upload."""
+    from pydantic import ValidationError as PydanticValidationError
+
+    from rlcore.spec import JobSpec, load_spec
+
+    try:
+        load_spec(path)
+    except FileNotFoundError as exc:
+        raise CLIError(f"no such spec file: {path}") from exc
+    except PydanticValidationError as exc:
+        raise CLIError(f"{path}: {_pydantic_message(exc)}") from exc
+    except ValueError as exc:  # YAML errors and the loader's own checks
+        raise CLIError(f"{path}: {exc}") from exc
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    JobSpec.model_validate(data)
+    return data
+
+
+def _pydantic_message(exc: Any) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    return "; ".join(parts)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = _load_spec_dict(args.spec)
+    with _client(args) as c:
+        if args.file:
+            if not Path(args.file).is_file():
+                raise CLIError(f"no such dataset file: {args.file}")
+            uploaded = c.files.upload(args.file)
+            err.print(f"uploaded {args.file} as {uploaded.id}")
+            spec["dataset"] = {"file_id": uploaded.id}
+        job = c.jobs.create(spec, idempotency_key=args.idempotency_key)
+        if args.json:
+            out.print_json(job.model_dump_json())
+        else:
+            out.print(job.id)
+            err.print(f"submitted ({job.status}); follow it with `rlft logs {job.id} -f`")
+        if args.follow:
+            return _follow(c, job.id)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        page = c.jobs.list(status=args.status, limit=args.limit)
+    if args.json:
+        out.print_json(page.model_dump_json())
+        return 0
+    table = Table("id", "status", "step", "reward", "model", "created", box=None)
+    for job in page.data:
+        table.add_row(job.id, job.status, _step_text(job), _metric_text(job, "reward/mean"),
+                      str((job.spec or {}).get("model", {}).get("name_or_path", "")), job.created_at or "")
+    out.print(table)
+    if page.next_cursor:
+        err.print(f"more: `rlft jobs --after {page.next_cursor}`")
+    return 0
+
+
+def _step_text(job: api.Job) -> str:
+    total = job.total_steps
+    return f"{job.step}/{total}" if total else str(job.step)
+
+
+def _metric_text(job: api.Job, name: str) -> str:
+    value = (job.latest_metrics or {}).get(name)
+    return f"{value:.3f}" if isinstance(value, (int, float)) else ""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.jobs.get(args.job)
+    if args.json:
+        out.print_json(job.model_dump_json())
+        return 0
+    out.print(f"{job.id}  [bold]{job.status}[/]  step {_step_text(job)}")
+    for name, value in sorted((job.latest_metrics or {}).items()):
+        out.print(f"  {name:<24} {value}")
+    if job.error:
+        out.print(f"  [red]error {job.error.get('code')}: {job.error.get('message')}[/]")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.follow:
+            return _follow(c, args.job)
+        for event in c.jobs.events(args.job):
+            out.print(_event_line(event))
+    return 0
+
+
+def _event_line(event: api.Event) -> str:
+    if event.type == "metrics":
+        step, values = event.metrics()
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+        return f"{event.created_at or ''} step {step}: {shown}"
+    return f"{event.created_at or ''} {event.level}: {event.message}"
+
+
+def _follow(c: api.Client, job_id: str) -> int:
+    from rlft.progress import follow_job
+
+    result = follow_job(c, job_id)
+    job = result.job
+    err.print(f"job {job.id} {job.status}")
+    if job.error:
+        err.print(f"error {job.error.get('code')}: {job.error.get('message')}")
+    return 0 if job.status in ("succeeded", "paused") else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = getattr(c.jobs, args.action)(args.job)
+    out.print(f"{job.id} {job.status}")
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        ckpts = c.jobs.checkpoints(args.job)
+    if args.json:
+        out.print_json(json.dumps([ck.model_dump() for ck in ckpts]))
+        return 0
+    if not ckpts:
+        err.print(f"job {args.job} has no checkpoint yet")
+        return 0
+    table = Table("id", "step", "size", "created", box=None)
+    for ck in ckpts:
+        size = f"{ck.size_bytes / 1e6:.1f} MB" if ck.size_bytes else ""
+        table.add_row(ck.id, str(ck.step), size, ck.created_at or "")
+    out.print(table)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        path = c.jobs.download_checkpoint(args.job, args.output, step=args.step)
+    err.print(f"model written to {path}/; load it with AutoModelForCausalLM.from_pretrained({str(path)!r})")
+    return 0
+
+
+def cmd_reward_validate(args: argparse.Namespace) -> int:
+    spec = _load_spec_dict(args.spec)
+    with _client(args) as c:
+        report = c.rewards.validate(spec.get("reward") or {})
+    out.print_json(json.dumps(report))
+    ok = report.get("ok", True) if isinstance(report, dict) else True
+    return 0 if ok else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise CLIError("`rlft train` runs on this machine only: add --local (or submit with `rlft submit`)")
+    _load_spec_dict(args.spec)
+    from rlcore.local import run_local
+
+    return run_local(args.spec, args.output, reward_fn=args.reward_fn)
+
+
+# ----------------------------------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlft", description="RL fine-tuning of language models, as a service.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--api-url", help="the API (default: $RLFT_API_URL or http://127.0.0.1:8000)")
+    conn.add_argument("--api-key", help="a tenant key (default: $RLFT_API_KEY)")
+    _add_stack_commands(sub)
+    _add_job_commands(sub, conn)
+    return p
+
+
+def _add_stack_commands(sub: Any) -> None:
+    s = sub.add_parser("up", help="API + worker(s) (+ example reward server) on this machine, for a laptop")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="worker processes (each runs one job at a time)")
+    s.add_argument("--reward-server", action="store_true", help="also serve examples/rewards/letter.py")
+    s.add_argument("--reward-port", type=int, default=8001)
+    s.set_defaults(func=cmd_up)
+    s = sub.add_parser("serve", help="run the API (uvicorn)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("worker", help="run a Celery worker that trains jobs")
+    s.add_argument("--queues", default="gpu,cpu", help="comma-separated queues (default: gpu,cpu)")
+    s.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU slot)")
+    s.add_argument("--hostname", help="Celery node name (default: celery@HOST)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_worker)
+    s = sub.add_parser("migrate", help="create or upgrade the database schema")
+    s.set_defaults(func=cmd_migrate)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True,
+                                                                  metavar="ACTION")
+    s = keys.add_parser("create", help="create a key for a tenant (printed once)")
+    s.add_argument("--tenant", required=True, help="tenant name (created if new)")
+    s.add_argument("--name", help="a label for the key")
+    s.add_argument("--quiet", "-q", action="store_true", help="print only the key")
+    s.set_defaults(func=cmd_keys_create)
+
+
+def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("submit", parents=[conn], help="submit a job spec (YAML)")
+    s.add_argument("spec", metavar="SPEC.yaml")
+    s.add_argument("--file", metavar="DATA.jsonl", help="upload this dataset first and train on it")
+    s.add_argument("--follow", "-f", action="store_true", help="then follow it with a progress bar")
+    s.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    s.add_argument("--json", action="store_true", help="print the job as JSON")
+    s.set_defaults(func=cmd_submit)
+    s = sub.add_parser("jobs", parents=[conn], help="list your jobs")
+    s.add_argument("--status", help="only jobs in this state")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+    s = sub.add_parser("status", parents=[conn], help="one job: state, step, latest metrics, error")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("logs", parents=[conn], help="a job's events; -f follows live with a progress bar")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--follow", "-f", action="store_true")
+    s.set_defaults(func=cmd_logs)
+    for action in ("cancel", "pause", "resume"):
+        s = sub.add_parser(action, parents=[conn], help=f"{action} a job")
+        s.add_argument("job", metavar="JOB")
+        s.set_defaults(func=cmd_cancel, action=action)
+    s = sub.add_parser("checkpoints", parents=[conn], help="a job's checkpoints")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_checkpoints)
+    s = sub.add_parser("download", parents=[conn], help="download a checkpoint as a Hugging Face directory")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    s.add_argument("--output", "-o", required=True, metavar="DIR")
+    s.set_defaults(func=cmd_download)
+    reward = sub.add_parser("reward", help="reward endpoints").add_subparsers(dest="reward_command",
+                                                                              required=True, metavar="ACTION")
+    s = reward.add_parser("validate", parents=[conn], help="dry-run the spec's reward endpoint")
+    s.add_argument("spec", metavar="SPEC.yaml")
+    s.set_defaults(func=cmd_reward_validate)
+    s = sub.add_parser("train", help="train on this machine without the service (--local)")
+    s.add_argument("spec", metavar="SPEC.yaml")
+    s.add_argument("--local", action="store_true", help="required: the run happens in this process")
+    s.add_argument("--output", "-o", default="runs/local", metavar="DIR")
+    s.add_argument("--reward-fn", metavar="MODULE:FUNCTION", help="a Python reward instead of reward.url")
+    s.set_defaults(func=cmd_train)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        err.print(f"error: {exc}")
+        return 1
+    except api.APIError as exc:
+        url = getattr(args, "api_url", None) or os.environ.get("RLFT_API_URL") or api.DEFAULT_URL
+        err.print(f"error: {_explain(exc, url)}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
