@@ -85,7 +85,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    key = create_key(args.tenant, args.name)
+    key = create_key(args.tenant)
     if args.quiet:
         sys.stdout.write(key + "\n")  # exactly the key, never wrapped: scripts read it
     else:
@@ -94,11 +94,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def create_key(tenant: str, name: str | None = None) -> str:
+def create_key(tenant: str) -> str:
     """A new API key for ``tenant`` (created if new), through the service's own key store."""
     from service.keys import create_api_key
 
-    return create_api_key(_settings(), tenant=tenant, name=name or "cli")
+    try:
+        return create_api_key(_settings(), tenant)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -111,8 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     # Replace this process with Celery's own worker so that signals reach it unchanged.
+    # Solo pool: the task only supervises a spawned training process (never fork: CUDA); one job per slot.
     argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", args.queues,
-            "--concurrency", str(args.concurrency), "--loglevel", args.log_level.upper()]
+            "--pool", "solo", "--concurrency", str(args.concurrency), "--loglevel", args.log_level.upper()]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     os.execv(sys.executable, argv)
@@ -159,7 +163,7 @@ def _dev_key(data_dir: Path, env: dict[str, str], run_cli: Callable[..., str]) -
     path = data_dir / DEV_KEY_FILE
     if path.exists():
         return path.read_text().strip()
-    key = run_cli(env, "keys", "create", "--tenant", "dev", "--name", "rlft-up", "--quiet")
+    key = run_cli(env, "keys", "create", "--tenant", "dev", "--quiet")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(key + "\n")
     path.chmod(0o600)
@@ -227,17 +231,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        page = c.jobs.list(status=args.status, limit=args.limit)
+        page = c.jobs.list(status=args.status, limit=args.limit, after=args.after)
     if args.json:
         out.print_json(page.model_dump_json())
         return 0
     table = Table("id", "status", "step", "reward", "model", "created", box=None)
     for job in page.data:
         table.add_row(job.id, job.status, _step_text(job), _metric_text(job, "reward/mean"),
-                      str((job.spec or {}).get("model", {}).get("name_or_path", "")), job.created_at or "")
+                      job.model or "", job.created_at or "")
     out.print(table)
-    if page.next_cursor:
-        err.print(f"more: `rlft jobs --after {page.next_cursor}`")
+    if page.next_after:
+        err.print(f"more: `rlft jobs --after {page.next_after}`")
     return 0
 
 
@@ -326,11 +330,44 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_reward_validate(args: argparse.Namespace) -> int:
     spec = _load_spec_dict(args.spec)
+    items = _read_jsonl(args.items) if args.items else _sample_items(spec, args.spec)
     with _client(args) as c:
-        report = c.rewards.validate(spec.get("reward") or {})
+        report = c.rewards.validate(spec.get("reward") or {}, items[:256])
     out.print_json(json.dumps(report))
-    ok = report.get("ok", True) if isinstance(report, dict) else True
-    return 0 if ok else 1
+    if not report.get("ok", False):
+        err.print("the reward endpoint failed the dry run (see errors above); fix it before submitting")
+        return 1
+    return 0
+
+
+def _sample_items(spec: dict[str, Any], spec_path: str, n: int = 4) -> list[dict[str, Any]]:
+    """A few items from the spec's own dataset, each completed with its label: what a good policy writes."""
+    dataset = spec.get("dataset") or {}
+    rows = dataset.get("rows")
+    if rows is None and dataset.get("path"):
+        path = Path(dataset["path"])
+        if not path.exists():  # relative to the spec file, then
+            path = Path(spec_path).parent / path
+        rows = _read_jsonl(path)[:n]
+    if not rows:
+        raise CLIError("the dataset is not local (file_id): give sample items with --items ITEMS.jsonl")
+    items = []
+    for row in rows[:n]:
+        prompt = row.get("prompt") or json.dumps(row.get("messages"))
+        label = row.get("label")
+        items.append({"prompt": prompt, "completion": str(label) if label is not None else "",
+                      "label": label, "metadata": row.get("metadata") or {}})
+    return items
+
+
+def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise CLIError(f"{path} is not JSON Lines (one JSON object a line): {exc}") from exc
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -380,7 +417,6 @@ def _add_stack_commands(sub: Any) -> None:
                                                                   metavar="ACTION")
     s = keys.add_parser("create", help="create a key for a tenant (printed once)")
     s.add_argument("--tenant", required=True, help="tenant name (created if new)")
-    s.add_argument("--name", help="a label for the key")
     s.add_argument("--quiet", "-q", action="store_true", help="print only the key")
     s.set_defaults(func=cmd_keys_create)
 
@@ -396,6 +432,7 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     s = sub.add_parser("jobs", parents=[conn], help="list your jobs")
     s.add_argument("--status", help="only jobs in this state")
     s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--after", help="the cursor a previous page printed")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_jobs)
     s = sub.add_parser("status", parents=[conn], help="one job: state, step, latest metrics, error")
@@ -423,6 +460,8 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
                                                                               required=True, metavar="ACTION")
     s = reward.add_parser("validate", parents=[conn], help="dry-run the spec's reward endpoint")
     s.add_argument("spec", metavar="SPEC.yaml")
+    s.add_argument("--items", metavar="ITEMS.jsonl",
+                   help="items to score, {prompt, completion, label} a line (default: from the dataset)")
     s.set_defaults(func=cmd_reward_validate)
     s = sub.add_parser("train", help="train on this machine without the service (--local)")
     s.add_argument("spec", metavar="SPEC.yaml")

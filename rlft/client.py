@@ -91,7 +91,10 @@ def _parse_error_body(body: Any) -> tuple[str | None, str]:
         return err.get("code"), str(err.get("message") or err)
     detail = body.get("detail", body.get("message"))
     if isinstance(detail, dict):
-        return detail.get("code"), str(detail.get("message") or detail)
+        message, field = str(detail.get("message") or detail), detail.get("field")
+        if field and not message.startswith(str(field)):
+            message = f"{field}: {message}"
+        return detail.get("code"), message
     if isinstance(detail, list):  # FastAPI's request validation errors: name the field, then the reason
         parts = []
         for d in detail:
@@ -110,6 +113,7 @@ class _Model(BaseModel):
 class Job(_Model):
     id: str
     status: str
+    model: str | None = None
     spec: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
     latest_metrics: dict[str, Any] | None = None
@@ -135,7 +139,8 @@ class Job(_Model):
 
 class JobPage(_Model):
     data: list[Job]
-    next_cursor: str | None = None
+    has_more: bool = False
+    next_after: str | None = None  # pass as ``after`` for the next page
 
 
 class MetricPoint(_Model):
@@ -171,6 +176,7 @@ class Event(_Model):
 class Checkpoint(_Model):
     id: str
     step: int
+    location: str | None = None
     size_bytes: int | None = None
     created_at: str | None = None
     metrics: dict[str, Any] | None = None

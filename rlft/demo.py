@@ -28,7 +28,7 @@ from rich.console import Console
 DEMO_DIR = Path(".demo")
 DEMO_SPEC = Path("examples/specs/grpo_letter.yaml")
 TINY_MODEL = Path(".rlft/models/tiny")
-LETTER_APP = Path("examples/rewards/letter.py")
+LETTER_APP = "examples.rewards.letter:app"  # importable from the repository root
 
 
 class StackError(RuntimeError):
@@ -84,12 +84,12 @@ class LocalStack:
     def start_worker(self, queues: str = "gpu,cpu") -> Child:
         return self.spawn("worker", [sys.executable, "-m", "rlft", "worker", "--queues", queues])
 
-    def start_reward_server(self, app_file: Path, host: str, port: int) -> str:
-        child = self.spawn(f"reward-{app_file.stem}", [
-            sys.executable, "-m", "uvicorn", "--app-dir", str(app_file.parent), f"{app_file.stem}:app",
-            "--host", host, "--port", str(port), "--log-level", "warning"])
+    def start_reward_server(self, app: str, host: str, port: int) -> str:
+        name = "reward-" + app.split(":")[0].rsplit(".", 1)[-1]
+        child = self.spawn(name, [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
+                                  "--log-level", "warning"])
         url = f"http://{host}:{port}"
-        self.wait_http(url, child, any_status=True)
+        self.wait_http(url, child, any_status=True)  # it serves POST / only: any answer means it is up
         return url
 
     def wait_http(self, url: str, child: Child, *, timeout: float = 90.0, any_status: bool = False) -> None:
