@@ -1,0 +1,465 @@
+"""Rewards: the HTTP client against a real misbehaving server, the URL policy, callables, the examples."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from rlcore.errors import (
+    ConfigError,
+    RewardEndpointUnreachable,
+    RewardInvalid,
+    RewardRejected,
+    RewardURLForbidden,
+)
+from rlcore.rewards import (
+    CallableReward,
+    HTTPRewardClient,
+    RewardItem,
+    check_reward_url,
+    load_callable,
+    make_reward_scorer,
+)
+from rlcore.rewards.urlpolicy import host_allowed
+from rlcore.spec import RewardSpec, load_spec
+from tests.rlcore.reward_servers import RunningServer, closed_port_url, misbehaving_server
+
+FAST = dict(backoff_base_s=0.01, backoff_cap_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with misbehaving_server() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(request):
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").state.reset()
+
+
+@pytest.fixture
+def client_for():
+    clients: list[HTTPRewardClient] = []
+
+    def make(url: str, job_id: str = "job-1", **spec) -> HTTPRewardClient:
+        client = HTTPRewardClient(RewardSpec(url=url, **spec), job_id=job_id, **FAST)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def items(n: int, step: int = 5, completions: list[str] | None = None) -> list[RewardItem]:
+    completions = completions or ["a" * (i + 1) for i in range(n)]
+    return [
+        RewardItem(
+            id=f"{step}-{i // 2}-{i % 2}",
+            prompt="Say:",
+            completion=c,
+            group=i // 2,
+            label="a",
+            metadata={"row": i},
+        )
+        for i, c in enumerate(completions)
+    ]
+
+
+# -- the protocol -----------------------------------------------------------------------------------------
+
+
+def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: RunningServer, client_for):
+    client = client_for(server.url("/ok"), headers={"Authorization": "Bearer s3cret"}, batch_size=3)
+    sent = items(7)
+    result = client.score(5, sent)
+
+    assert result.rewards == [pytest.approx((i + 1) / 10) for i in range(7)]  # the server's len/10
+    assert result.errors == [None] * 7
+    assert result.components[2] == {"len": 3.0}
+    seen = server.state.seen("/ok")
+    assert len(seen) == 3
+    assert sorted(r["headers"]["idempotency-key"] for r in seen) == ["job-1:5:0", "job-1:5:1", "job-1:5:2"]
+    for r in seen:
+        assert r["headers"]["authorization"] == "Bearer s3cret"
+        assert r["headers"]["content-type"] == "application/json"
+        body = r["body"]
+        assert set(body) == {"protocol", "job_id", "step", "request_id", "items"}
+        assert (body["protocol"], body["job_id"], body["step"]) == ("rlft.reward.v1", "job-1", 5)
+        assert set(body["items"][0]) == {"id", "prompt", "completion", "group", "label", "metadata"}
+    first = next(r for r in seen if r["headers"]["idempotency-key"] == "job-1:5:0")["body"]["items"][0]
+    assert first == {
+        "id": "5-0-0",
+        "prompt": "Say:",
+        "completion": "a",
+        "group": 0,
+        "label": "a",
+        "metadata": {"row": 0},
+    }
+    assert result.metrics["reward_endpoint/requests"] == 3
+    assert result.metrics["reward_endpoint/retries"] == 0
+    assert result.metrics["reward_endpoint/errors"] == 0
+    assert (
+        0
+        < result.metrics["reward_endpoint/latency_p50_ms"]
+        <= result.metrics["reward_endpoint/latency_p95_ms"]
+    )
+
+
+def test_bare_rewards_answer_is_read_in_request_order(server, client_for):
+    result = client_for(server.url("/bare")).score(1, items(4))
+    assert result.rewards == [pytest.approx(x) for x in (0.1, 0.2, 0.3, 0.4)]
+
+
+def test_concurrency_cap_holds(server, client_for):
+    client = client_for(server.url("/ok?delay_ms=150"), batch_size=1, max_concurrency=3)
+    client.score(1, items(12))
+    assert len(server.state.seen("/ok")) == 12
+    assert server.state.max_in_flight == 3
+
+
+def test_ascore_works_from_a_running_event_loop(server, client_for):
+    client = client_for(server.url("/ok"))
+    result = asyncio.run(client.ascore(2, items(2)))
+    assert result.rewards == [pytest.approx(0.1), pytest.approx(0.2)]
+
+
+# -- retries ------------------------------------------------------------------------------------------------
+
+
+def test_a_burst_of_503s_is_retried_and_counted(server, client_for):
+    result = client_for(server.url("/flaky?fail=2"), max_retries=4).score(1, items(2))
+    assert result.rewards == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert len(server.state.seen("/flaky")) == 3
+    assert result.metrics["reward_endpoint/retries"] == 2
+    assert result.metrics["reward_endpoint/errors"] == 2  # the two failed requests
+    assert result.metrics["reward_endpoint/requests"] == 3
+
+
+def test_retries_exhausted_is_unreachable_naming_url_attempts_and_status(server, client_for):
+    url = server.url("/flaky?fail=100&status=502")
+    with pytest.raises(RewardEndpointUnreachable) as caught:
+        client_for(url, max_retries=2).score(3, items(2))
+    assert len(server.state.seen("/flaky")) == 3
+    message = str(caught.value)
+    assert url in message and "3 attempts" in message and "HTTP 502" in message
+    assert caught.value.code == "reward_endpoint_unreachable"
+
+
+def test_429_waits_for_retry_after(server, client_for):
+    result = client_for(server.url("/ratelimit?retry_after=0.4")).score(1, items(2))
+    first, second = server.state.seen("/ratelimit")
+    assert second["at"] - first["at"] >= 0.4  # the backoff alone would be under 0.05 s
+    assert result.metrics["reward_endpoint/retries"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_other_4xx_fails_fast_with_status_and_body(server, client_for, status):
+    url = server.url(f"/status/{status}")
+    with pytest.raises(RewardRejected) as caught:
+        client_for(url, max_retries=4).score(1, items(2))
+    assert len(server.state.seen(f"/status/{status}")) == 1
+    message = str(caught.value)
+    assert url in message and f"HTTP {status}" in message and "the token is wrong" in message
+    assert "x" * 200 not in message  # the body is cut to its first 200 characters
+
+
+def test_timeout_is_retried_then_unreachable(server, client_for):
+    started = time.monotonic()
+    with pytest.raises(RewardEndpointUnreachable, match=r"2 attempts.*timed out after 0.3 s"):
+        client_for(server.url("/slow?sleep_s=3"), timeout_s=0.3, max_retries=1).score(1, items(1))
+    assert time.monotonic() - started < 2.5
+    assert len(server.state.seen("/slow")) == 2
+
+
+def test_connection_refused_is_retried_then_unreachable(client_for):
+    url = closed_port_url()
+    with pytest.raises(RewardEndpointUnreachable, match=r"failed after 3 attempts.*ConnectError") as caught:
+        client_for(url, max_retries=2).score(1, items(1))
+    assert url in str(caught.value)
+
+
+def test_redirects_are_not_followed(server, client_for):
+    with pytest.raises(RewardRejected, match=r"HTTP 307 \(redirects are not followed"):
+        client_for(server.url("/redirect")).score(1, items(2))
+    assert server.state.seen("/ok") == []
+
+
+# -- response validation ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/wrong_length", r'"rewards" has 3 values for a batch of 4 items'),
+        ("/nan", r"item '5-1-1' has reward NaN"),
+        ("/nonjson", r"not JSON, starting with '<html><body>Welcome to nginx"),
+        ("/missing_id", r"no answer for 1 of 4 items: '5-1-1'"),
+        ("/duplicate_id", r"item '5-0-0' is answered twice"),
+        ("/unknown_id", r"items\[0\] has id 'not-sent', which was not sent"),
+    ],
+)
+def test_invalid_responses_say_exactly_what_is_wrong(server, client_for, path, expected):
+    with pytest.raises(RewardInvalid, match=expected) as caught:
+        client_for(server.url(path), max_retries=3).score(5, items(4))
+    assert server.url(path) in str(caught.value)
+    assert len(server.state.seen(path)) == 1  # a wrong answer is not retried
+
+
+def test_item_error_fails_the_step_under_fail(server, client_for):
+    with pytest.raises(RewardInvalid, match=r"item '5-0-1': cannot parse the answer.*on_error is 'fail'"):
+        client_for(server.url("/item_error"), on_error="fail").score(
+            5, items(3, completions=["a", "bad", "aa"])
+        )
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("zero", 0.0), ("skip_sample", None)])
+def test_item_error_policies(server, client_for, policy, expected):
+    result = client_for(server.url("/item_error"), on_error=policy).score(
+        5, items(3, completions=["a", "bad", "aa"])
+    )
+    assert result.rewards == [pytest.approx(0.1), expected, pytest.approx(0.2)]
+    assert result.errors == [None, "cannot parse the answer", None]
+    assert result.metrics["reward_endpoint/errors"] == 1
+
+
+def test_openrlhf_mode_speaks_openrlhf(server, client_for):
+    sent = items(3)
+    result = client_for(server.url("/openrlhf"), protocol="openrlhf", batch_size=2).score(1, sent)
+    bodies = [r["body"] for r in server.state.seen("/openrlhf")]
+    assert len(bodies) == 2 and set(bodies[0]) == {"query", "prompts", "labels"}
+    assert bodies[0] == {"query": ["Say:a", "Say:aa"], "prompts": ["Say:", "Say:"], "labels": ["a", "a"]}
+    assert result.rewards == [pytest.approx(len("Say:" + i.completion) / 10) for i in sent]
+    assert result.components[0] == {"qlen": 5.0}
+
+
+def test_closed_client_refuses_to_score(server):
+    client = HTTPRewardClient(RewardSpec(url=server.url("/ok")))
+    client.close()
+    client.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        client.score(1, items(1))
+
+
+# -- URL policy ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_private", "reason"),
+    [
+        ("http://127.0.0.1:8001/", False, "loopback"),
+        ("http://localhost:8001/", False, "resolves to 127.0.0.1, which is a loopback"),
+        ("http://10.1.2.3/", False, "private"),
+        ("http://169.254.169.254/latest/meta-data", True, "cloud metadata"),
+        ("http://[fd00:ec2::254]/", True, "cloud metadata"),
+        ("http://100.100.100.200/", True, "cloud metadata"),
+        ("http://[::ffff:169.254.169.254]/", True, "cloud metadata"),
+        ("http://169.254.10.1/", True, "link-local"),
+        ("http://[fe80::1]/", True, "link-local"),
+        ("http://user:pw@example.com/", True, "credentials"),
+        ("ftp://example.com/reward", True, "scheme 'ftp' is not allowed"),
+    ],
+)
+def test_url_policy_refuses(url, allow_private, reason):
+    with pytest.raises(RewardURLForbidden, match=reason):
+        check_reward_url(url, allow_private=allow_private, allowlist=None)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8001/", "http://localhost/", "https://10.0.0.8/score", "http://8.8.8.8/"]
+)
+def test_url_policy_allows_private_only_when_asked(url):
+    check_reward_url(url, allow_private=True, allowlist=None)
+
+
+def test_url_policy_allows_public_addresses():
+    check_reward_url("https://8.8.8.8/reward", allow_private=False, allowlist=None)
+
+
+def test_allowlist():
+    assert host_allowed("api.rewards.example.com", ["*.example.com"])
+    assert not host_allowed("example.com.evil.net", ["*.example.com"])
+    assert not host_allowed("badexample.com", ["*.example.com"])
+    check_reward_url("http://localhost:9/", allow_private=True, allowlist=["localhost"])
+    with pytest.raises(RewardURLForbidden, match="not in this server's allowlist"):
+        check_reward_url("http://8.8.8.8/", allow_private=True, allowlist=["*.example.com"])
+
+
+def test_client_applies_the_policy_before_sending(server):
+    with HTTPRewardClient(RewardSpec(url=server.url("/ok")), allow_private=False, **FAST) as client:
+        with pytest.raises(RewardURLForbidden, match="loopback"):
+            client.score(1, items(2))
+    assert server.state.requests == []
+
+
+# -- Python callables ---------------------------------------------------------------------------------------
+
+
+def test_callable_gets_row_fields_and_returns_rewards():
+    seen = {}
+
+    def fn(prompts, completions, **fields):
+        seen.update(fields, prompts=prompts)
+        return np.array([len(c) for c in completions], dtype=np.float32)  # arrays are accepted
+
+    result = CallableReward(fn).score(5, items(3))
+    assert result.rewards == [1.0, 2.0, 3.0]
+    assert seen["labels"] == ["a"] * 3 and seen["groups"] == [0, 0, 1]
+    assert seen["metadata"] == [{"row": 0}, {"row": 1}, {"row": 2}] and seen["prompts"] == ["Say:"] * 3
+    assert result.metrics["reward_endpoint/requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("returns", "expected"),
+    [
+        ([1.0], r"returned 1 rewards for 3 completions"),
+        ([1.0, math.nan, 1.0], r"returned NaN for item '5-0-1'"),
+        ([1.0, "0.5", 1.0], r"returned '0.5' \(a str\) for item '5-0-1'"),
+        ([1.0, 1.0, math.inf], r"returned inf for item '5-1-0'"),
+        (0.5, r"returned float; it must return a list of 3 numbers"),
+    ],
+)
+def test_callable_bad_values_raise(returns, expected):
+    with pytest.raises(RewardInvalid, match=expected):
+        CallableReward(lambda p, c, **_: returns).score(5, items(3))
+
+
+def test_callable_exception_raises_with_its_type():
+    def broken(prompts, completions, **_):
+        raise KeyError("answer")
+
+    with pytest.raises(RewardInvalid, match=r"broken raised KeyError: 'answer'"):
+        CallableReward(broken).score(1, items(2))
+
+
+def test_callable_none_goes_through_on_error():
+    def fn(prompts, completions, **_):
+        return [1.0, None]
+
+    with pytest.raises(RewardInvalid, match=r"item '5-0-1'.*returned None"):
+        CallableReward(fn).score(5, items(2))
+    assert CallableReward(fn, on_error="zero").score(5, items(2)).rewards == [1.0, 0.0]
+    skipped = CallableReward(fn, on_error="skip_sample").score(5, items(2))
+    assert skipped.rewards == [1.0, None] and skipped.errors[1] is not None
+
+
+def test_load_callable(tmp_path: Path, monkeypatch):
+    (tmp_path / "my_rewards_mod.py").write_text(
+        "def score(prompts, completions, **_):\n    return [1.0] * len(completions)\nNOT_FN = 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_callable("my_rewards_mod:score")(["p"], ["c"]) == [1.0]
+    with pytest.raises(ConfigError, match="must look like module:function"):
+        load_callable("my_rewards_mod")
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_mod_xyz'.*ModuleNotFoundError"):
+        load_callable("no_such_mod_xyz:score")
+    with pytest.raises(ConfigError, match="has no attribute 'nope'"):
+        load_callable("my_rewards_mod:nope")
+    with pytest.raises(ConfigError, match="is a int, not a function"):
+        load_callable("my_rewards_mod:NOT_FN")
+
+
+def test_make_reward_scorer_picks_the_source(server):
+    def fn(prompts, completions, **_):
+        return [0.0] * len(completions)
+
+    spec = RewardSpec(url=server.url("/ok"))
+    assert isinstance(make_reward_scorer(spec, reward_fn=fn), CallableReward)
+    scorer = make_reward_scorer(spec, job_id="j")
+    try:
+        assert isinstance(scorer, HTTPRewardClient)
+    finally:
+        scorer.close()
+    with pytest.raises(ConfigError, match="set reward.url in the spec or pass --reward-fn module:function"):
+        make_reward_scorer(RewardSpec())
+
+
+# -- the example servers ------------------------------------------------------------------------------------
+
+
+def v1(*completions: str, label=None, metadata=None) -> dict:
+    return {
+        "protocol": "rlft.reward.v1",
+        "job_id": "j",
+        "step": 1,
+        "request_id": "r",
+        "items": [
+            {
+                "id": str(i),
+                "prompt": "p",
+                "completion": c,
+                "group": 0,
+                "label": label,
+                "metadata": metadata or {},
+            }
+            for i, c in enumerate(completions)
+        ],
+    }
+
+
+def test_example_letter(monkeypatch):
+    from examples.rewards.letter import app
+
+    client = TestClient(app)
+    monkeypatch.setenv("RLFT_LETTER", "b")
+    answer = client.post("/", json=v1("aab", "", label="a")).json()
+    assert answer == {"items": [{"id": "0", "reward": pytest.approx(2 / 3)}, {"id": "1", "reward": 0.0}]}
+    assert client.post("/", json=v1("abbb", label="too long")).json()["items"][0]["reward"] == 0.75
+    assert client.post("/", json={"items": [{"id": "1"}]}).status_code == 422
+
+
+def test_example_exact_match():
+    from examples.rewards.exact_match import app
+
+    answer = TestClient(app).post("/", json=v1("so it is 5.0", "the answer: 6", "...", label="5")).json()
+    assert [i["reward"] for i in answer["items"]] == [1.0, 0.0, 0.0]
+    assert [i["components"] for i in answer["items"]] == [
+        {"format": 1.0, "correct": 1.0},
+        {"format": 1.0, "correct": 0.0},
+        {"format": 0.0, "correct": 0.0},
+    ]
+
+
+def test_example_length_format():
+    from examples.rewards.length_format import app
+
+    answer = TestClient(app).post("/", json=v1("x" * 10, "x" * 5, "x\nx" * 3, metadata={"target_length": 10}))
+    rewards = [i["reward"] for i in answer.json()["items"]]
+    assert rewards == [1.0, 0.5, 0.0]
+
+
+def test_example_openrlhf_letter_at_both_paths():
+    from examples.rewards.openrlhf_letter import app
+
+    client = TestClient(app)
+    for path in ("/", "/get_reward"):
+        body = {"query": ["Say:aab", "Go:zz"], "prompts": ["Say:", "Go:"], "labels": ["a", "a"]}
+        answer = client.post(path, json=body).json()
+        assert answer["rewards"] == [pytest.approx(2 / 3), 0.0]
+        assert set(answer) == {"rewards", "scores", "extra_logs"}
+
+
+def test_example_letter_through_the_client():
+    """The demo's path end to end: the real client against the real example app on uvicorn."""
+    from examples.rewards.letter import app
+    from tests.rlcore.reward_servers import serve_app
+
+    with serve_app(app) as url, HTTPRewardClient(RewardSpec(url=url + "/"), **FAST) as client:
+        result = client.score(1, items(2, completions=["aa", "ab"]))
+    assert result.rewards == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("name", ["grpo_letter", "ppo_letter", "grpo_exact_match", "grpo_openrlhf"])
+def test_example_specs_validate(name):
+    spec = load_spec(str(Path(__file__).parents[2] / "examples" / "specs" / f"{name}.yaml"))
+    assert spec.reward.url and spec.reward.url.startswith("http://127.0.0.1:8001")
+    assert spec.hyperparameters.learning_rate == 5e-3 and spec.hyperparameters.steps == 40
