@@ -1,0 +1,125 @@
+"""Loading the policy, the reference and the value model through the ordinary Hugging Face paths."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlcore.errors import ModelLoadError
+from rlcore.spec import ModelSpec
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
+    except Exception as e:  # transformers raises OSError, ValueError, HFValidationError, …
+        raise ModelLoadError(f"could not load the tokenizer of {spec.name_or_path!r}: {e}") from e
+    tok.padding_side = "left"  # decoder-only generation needs the prompt flush against the completion
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ModelLoadError(f"the tokenizer of {spec.name_or_path!r} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the model {name_or_path!r}: {e}") from e
+
+
+def apply_lora(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class ValueModel(nn.Module):
+    """A causal-LM backbone with a scalar head: V(s_t) for every position (PPO's critic)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1, dtype=next(backbone.parameters()).dtype)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, num_last: int) -> torch.Tensor:
+        """Values of the last ``num_last`` positions: (B, num_last), float32."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = out.last_hidden_state[:, -num_last:]
+        return self.head(hidden).squeeze(-1).float()
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.backbone.save_pretrained(path, safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
+
+    def load_head(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
+
+
+def load_value_model(name_or_path: str, revision: str | None, dtype: torch.dtype) -> ValueModel:
+    from transformers import AutoModel
+
+    try:
+        backbone = AutoModel.from_pretrained(name_or_path, revision=revision, dtype=dtype)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the value model backbone {name_or_path!r}: {e}") from e
+    value = ValueModel(backbone)
+    if (Path(name_or_path) / VALUE_HEAD_FILE).exists():
+        value.load_head(Path(name_or_path))
+    return value
+
+
+class Reference:
+    """The frozen reference policy π_ref: a second copy, or, with LoRA, the same model with adapters off."""
+
+    def __init__(self, model: nn.Module | None, policy_with_lora: nn.Module | None = None):
+        self.model = model
+        self.policy_with_lora = policy_with_lora
+
+    @contextlib.contextmanager
+    def active(self):
+        if self.policy_with_lora is not None:
+            with self.policy_with_lora.disable_adapter():
+                yield self.policy_with_lora
+        else:
+            yield self.model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

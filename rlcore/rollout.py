@@ -1,0 +1,123 @@
+"""Rollout: batched sampling, completion masks, and the one forward pass that scores tokens.
+
+Shapes: B samples (prompts × group_size), P prompt columns (left-padded), T completion columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlcore.algorithms import entropy_from_logits, logprobs_from_logits
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # (B, P + T) left-padded prompt, then completion (padded after EOS)
+    attention_mask: torch.Tensor  # (B, P + T)
+    position_ids: torch.Tensor  # (B, P + T) positions that skip left padding, as generate() used them
+    response_mask: torch.Tensor  # (B, T) 1 on completion tokens up to and including the first EOS
+    completions: list[str]
+    prompts: list[str]
+    truncated: torch.Tensor  # (B,) bool: no EOS within max_new_tokens
+
+    @property
+    def num_completion_columns(self) -> int:
+        return self.response_mask.shape[1]
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.num_completion_columns :]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) mask that ends at (and includes) the first EOS; and (B,) whether no EOS came."""
+    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
+                              device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, eos_ids)  # (B, T)
+    # Number of EOS strictly before each column; a token is kept while none came before it.
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    mask = (eos_before == 0).long()
+    truncated = ~is_eos.any(dim=1)
+    return mask, truncated
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_prompt_tokens: int,
+             temperature: float, top_p: float) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for groups) with the KV cache."""
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                    add_special_tokens=False)
+    enc = {k: v.to(device) for k, v in enc.items()}
+    eos = tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,  # sample from the policy itself: the log-probs we train on are the full distribution's
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        return_dict_in_generate=False,
+    )
+    if was_training:
+        model.train()
+    prompt_len = enc["input_ids"].shape[1]
+    completion_ids = out[:, prompt_len:]
+    # Pad to max_new_tokens so every step has the same T (stable shapes; exact micro-batch arithmetic).
+    missing = max_new_tokens - completion_ids.shape[1]
+    if missing > 0:
+        pad = completion_ids.new_full((completion_ids.shape[0], missing), tokenizer.pad_token_id)
+        # generate() stops early only when every row has its EOS, so this padding always follows an EOS.
+        completion_ids = torch.cat([completion_ids, pad], dim=1)
+    resp_mask, truncated = completion_mask(completion_ids, eos)
+    input_ids = torch.cat([enc["input_ids"], completion_ids], dim=1)
+    attention_mask = torch.cat([enc["attention_mask"], resp_mask.to(enc["attention_mask"].dtype)], dim=1)
+    lengths = resp_mask.sum(dim=1).tolist()
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(completion_ids, lengths)]
+    return Rollout(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        response_mask=resp_mask,
+        completions=texts,
+        prompts=list(prompts),
+        truncated=truncated,
+    )
+
+
+def completion_logits(model, input_ids, attention_mask, position_ids, num_completion: int) -> torch.Tensor:
+    """Logits that predict the completion tokens only: (B, T, V). The prompt's logits are never computed."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=num_completion + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def token_logprobs(model, input_ids, attention_mask, position_ids, num_completion: int, temperature: float,
+                   chunk_size: int, with_entropy: bool = False):
+    """Log π(o_t | q, o_<t) of the sampled tokens, (B, T); and optionally the entropy (B, T), detached."""
+    logits = completion_logits(model, input_ids, attention_mask, position_ids, num_completion)
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, -num_completion:]
+    logprobs = logprobs_from_logits(logits, labels, chunk_size=chunk_size)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach(), chunk_size=chunk_size)
+    return logprobs, entropy

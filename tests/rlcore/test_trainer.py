@@ -1,0 +1,142 @@
+"""Smoke tests of the loop on the tiny model: every trainable parameter moves, metrics are complete."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlcore.callbacks import Callback
+from rlcore.trainer import Trainer, train
+from tests.rlcore.helpers import dense_reward, letter_reward, make_spec
+
+GRPO_METRICS = {
+    "reward/mean", "reward/std", "reward/min", "reward/max", "reward/frac_zero_std_groups", "policy/entropy",
+    "policy/clipfrac", "policy/approx_kl", "loss/policy", "completion/length_mean", "completion/clipped_ratio",
+    "optim/lr", "optim/grad_norm", "time/generate_s", "time/reward_s", "time/train_s", "time/step_s",
+    "throughput/tokens_per_s", "memory/peak_bytes", "reward_endpoint/latency_p50_ms",
+    "reward_endpoint/latency_p95_ms", "reward_endpoint/errors", "reward_endpoint/retries",
+}
+PPO_METRICS = (GRPO_METRICS - {"reward/frac_zero_std_groups"}) | {"loss/value", "value/mean",
+                                                                   "value/explained_variance", "kl/mean"}
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.metrics, self.samples, self.checkpoints, self.ended = [], [], [], None
+
+    def on_step_end(self, step, metrics):
+        self.metrics.append((step, metrics))
+
+    def on_samples(self, step, samples):
+        self.samples.append((step, samples))
+
+    def on_checkpoint(self, step, path, manifest):
+        self.checkpoints.append((step, path, manifest))
+
+    def on_train_end(self, status, error=None):
+        self.ended = (status, error)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_every_trainable_parameter_changes_and_metrics_are_complete(tmp_path, tiny_model_path, algorithm):
+    spec = make_spec(tiny_model_path, algorithm, steps=2, kl_coef=0.05)
+    rec = Recorder()
+    trainer = Trainer(spec, tmp_path, reward_fn=dense_reward, callbacks=[rec])
+    before = _params(trainer.policy)
+    value_before = _params(trainer.value) if trainer.value is not None else {}
+    trainer.run(lambda: False)
+    after = _params(trainer.policy)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+    if trainer.value is not None:
+        v_after = _params(trainer.value)
+        assert not [n for n in value_before if torch.equal(value_before[n], v_after[n])]
+    assert [s for s, _ in rec.metrics] == [1, 2]
+    expected = PPO_METRICS if algorithm == "ppo" else GRPO_METRICS | {"kl/mean"}
+    missing = expected - set(rec.metrics[-1][1])
+    assert not missing, f"missing metrics: {missing}"
+    assert all(math.isfinite(v) for _, m in rec.metrics for v in m.values())
+    assert rec.ended == ("succeeded", None)
+    step, samples = rec.samples[0]
+    assert step == 1 and {"prompt", "completion", "reward", "index", "group", "error"} <= set(samples[0])
+    # The final checkpoint is a Hugging Face directory that loads with the ordinary API.
+    final_step, path, manifest = rec.checkpoints[-1]
+    assert final_step == 2 and manifest["step"] == 2
+    AutoModelForCausalLM.from_pretrained(f"{path}/model")
+    trainer.close()
+
+
+def test_first_update_ratio_is_exactly_one(tmp_path, tiny_model_path):
+    # One epoch, one minibatch: old log-probs are the detached current ones, so nothing can be clipped and
+    # the approximate KL between old and new is exactly zero (field note 8).
+    spec = make_spec(tiny_model_path, "grpo", steps=1)
+    rec = Recorder()
+    train(spec, tmp_path, reward_fn=letter_reward, callbacks=[rec])
+    m = rec.metrics[0][1]
+    assert m["policy/clipfrac"] == 0.0
+    assert m["policy/approx_kl"] == 0.0
+
+
+def test_several_epochs_and_minibatches_compute_old_logprobs(tmp_path, tiny_model_path):
+    # First minibatch of the first epoch: old and new agree up to float noise; later ones move away.
+    spec = make_spec(tiny_model_path, "grpo", steps=1, epochs_per_rollout=2, minibatch_size=4,
+                     micro_batch_size=2)
+    rec = Recorder()
+    train(spec, tmp_path, reward_fn=dense_reward, callbacks=[rec])
+    assert rec.metrics[0][1]["policy/approx_kl"] > 0.0
+
+
+def test_no_reference_model_when_kl_coef_is_zero(tmp_path, tiny_model_path):
+    trainer = Trainer(make_spec(tiny_model_path, "grpo", kl_coef=0.0), tmp_path, reward_fn=letter_reward)
+    assert trainer.reference is None
+    trainer.close()
+
+
+def test_lora_trains_adapters_only_and_reference_is_the_same_model(tmp_path, tiny_model_path):
+    spec = make_spec(tiny_model_path, "grpo", steps=2, kl_coef=0.1,
+                     lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    trainer = Trainer(spec, tmp_path, reward_fn=dense_reward)
+    assert trainer.reference.model is None  # adapters disabled, no second copy
+    before = _params(trainer.policy)
+    assert before and all("lora_" in n for n in before)
+    trainer.run(lambda: False)
+    after = _params(trainer.policy)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    trainer.close()
+
+
+def test_reward_errors_fail_loudly(tmp_path, tiny_model_path):
+    from rlcore.errors import RewardInvalid
+
+    def nan_reward(prompts, completions, **_):
+        return [float("nan")] * len(completions)
+
+    with pytest.raises(RewardInvalid):
+        train(make_spec(tiny_model_path, "grpo", steps=1), tmp_path, reward_fn=nan_reward)
+
+
+def test_stop_request_writes_a_checkpoint_and_raises(tmp_path, tiny_model_path):
+    from rlcore.errors import Interrupted
+
+    calls = {"n": 0}
+
+    def stop_after_one():
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    rec = Recorder()
+    with pytest.raises(Interrupted):
+        train(make_spec(tiny_model_path, "grpo", steps=5), tmp_path, reward_fn=letter_reward,
+              callbacks=[rec], should_stop=stop_after_one)
+    assert rec.checkpoints[-1][0] == 1
+    assert rec.ended[0] == "interrupted"
+    state = json.loads((tmp_path / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
+    assert state["step"] == 1
