@@ -1,0 +1,226 @@
+"""The training process: runs the engine for one job attempt and reports through an outbox file.
+
+Started by the supervisor as ``python -m worker.child ARGS`` (or under ``accelerate launch -m worker.child``
+for more than one GPU), never forked from the worker: CUDA does not survive a fork, and a fresh interpreter
+keeps the worker itself free of torch.
+
+Every engine callback becomes one JSON line appended to the outbox; the supervisor tails the file and relays
+the lines to the service. The last line is ``{"type": "result", "status": ..., "error": ...}``. SIGTERM
+(cancel, pause, worker shutdown) makes ``should_stop()`` true, so the engine checkpoints and stops between
+steps. The process dies with its supervisor (parent-death signal, plus a watchdog where that is missing),
+so a killed worker never leaves a training process writing behind a newer lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import inspect
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rlcore.callbacks import Callback
+from rlcore.errors import Interrupted, RLFTError
+from rlcore.spec import JobSpec
+from worker import artifacts
+
+log = logging.getLogger("worker.child")
+_PR_SET_PDEATHSIG = 1
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
+
+
+class Outbox:
+    """Appends one JSON object per line; each line is flushed whole so the reader never sees half of it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        self._lock = threading.Lock()
+
+    def write(self, kind: str, **fields: Any) -> None:
+        line = json.dumps({"type": kind, **fields}, default=str, allow_nan=False) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class OutboxCallback(Callback):
+    """Turns engine callbacks into outbox lines; uploads each checkpoint to the artifact store first."""
+
+    def __init__(self, outbox: Outbox, *, job_id: str, store: str, output_dir: Path):
+        self.outbox = outbox
+        self.job_id = job_id
+        self.store = store
+        self.output_dir = output_dir
+        self._last_metrics: dict[str, float] = {}
+        self._mirrored: dict[str, tuple[float, int]] = {}
+
+    def on_train_start(self, step: int, total_steps: int) -> None:
+        self.outbox.write("progress", step=step, total_steps=total_steps)
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        # JSON has no NaN/inf; the engine fails the job on a non-finite loss, other values are dropped.
+        finite = {k: float(v) for k, v in metrics.items() if _is_finite(v)}
+        self._last_metrics = finite
+        self.outbox.write("metrics", step=step, metrics=finite)
+        self._mirror_rewards()
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        records = [
+            {**s, "step": step, "reward": s.get("reward") if _is_finite(s.get("reward")) else None}
+            for s in samples
+        ]
+        self.outbox.write("samples", step=step, samples=records)
+
+    def on_checkpoint(self, step: int, path: str, manifest: dict[str, Any]) -> None:
+        location = artifacts.checkpoint_location(self.store, self.job_id, step)
+        registration = _retry(
+            lambda: artifacts.upload_checkpoint(path, location), what=f"upload to {location}"
+        )
+        self.outbox.write("checkpoint", step=step, metrics=self._last_metrics, **registration)
+
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.outbox.write("event", level=level, message=message, data=data or {})
+
+    def _mirror_rewards(self) -> None:
+        # Best effort: a resume on another machine reuses these; losing one only costs a reward call.
+        try:
+            artifacts.mirror_files(
+                self.output_dir / "rewards",
+                artifacts.rewards_location(self.store, self.job_id),
+                self._mirrored,
+            )
+        except OSError as exc:
+            log.warning("could not mirror recorded rewards: %s", exc)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _retry(fn, *, what: str, tries: int = 5):
+    for attempt in range(tries):
+        try:
+            return fn()
+        except OSError as exc:
+            if attempt == tries - 1:
+                raise RLFTError(
+                    f"artifact store: {what} failed: {exc}", code="artifact_store_unavailable"
+                ) from exc
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+
+
+class StopFlag:
+    """Set by SIGTERM; the engine polls it between steps."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process as soon as the supervisor is gone (SIGKILLed workers must not leave trainers)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="rlft-parent-watchdog", daemon=True).start()
+
+
+def classify(exc: BaseException) -> dict[str, str]:
+    """The job's error ``{code, message}`` for an exception that ended training."""
+    if isinstance(exc, RLFTError):
+        return exc.to_dict()
+    if isinstance(exc, MemoryError) or type(exc).__name__ in ("OutOfMemoryError", "OutOfMemory"):
+        return {"code": "out_of_memory", "message": f"out of memory: {exc}"[:2000]}
+    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        return {"code": "out_of_memory", "message": str(exc)[:2000]}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlcore.trainer import train  # imports torch: only here, in the child
+
+    spec = JobSpec.model_validate(json.loads(Path(args.spec_file).read_text(encoding="utf-8")))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    outbox = Outbox(args.outbox) if rank0 else None
+    stop = StopFlag()
+    stop.install()
+    callbacks = [
+        OutboxCallback(outbox, job_id=args.job_id, store=args.store, output_dir=Path(args.output_dir))
+    ]
+    kwargs: dict[str, Any] = dict(
+        callbacks=callbacks if rank0 else [],
+        resume=True,
+        should_stop=stop,
+        allow_private=args.allow_private,
+        allowlist=args.allowlist or None,
+    )
+    if "job_id" in inspect.signature(train).parameters:
+        kwargs["job_id"] = args.job_id
+    try:
+        train(spec, args.output_dir, **kwargs)
+        status, error, code = "succeeded", None, EXIT_OK
+    except Interrupted:
+        status, error, code = "interrupted", None, EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - every way out must be reported with a code
+        traceback.print_exc()
+        status, error, code = "failed", classify(exc), EXIT_FAILED
+    if outbox is not None:
+        outbox.write("result", status=status, error=error)
+        outbox.close()
+    return code
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m worker.child", description=__doc__.splitlines()[0])
+    p.add_argument("--job-id", required=True)
+    p.add_argument("--spec-file", required=True, help="JSON of the job spec with header values (mode 0600)")
+    p.add_argument("--output-dir", required=True, help="the engine's output_dir (checkpoints, rewards)")
+    p.add_argument("--outbox", required=True, help="JSON-lines file the supervisor tails")
+    p.add_argument("--store", required=True, help="artifact store: a local directory or an fsspec URL")
+    p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--allow-private", action="store_true", help="reward URLs may resolve to private ranges")
+    p.add_argument("--allowlist", default="", help="comma-separated reward hosts allowed")
+    args = p.parse_args(argv)
+    args.allowlist = [h for h in args.allowlist.split(",") if h]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    die_with_parent(args.parent_pid)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

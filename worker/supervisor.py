@@ -1,0 +1,365 @@
+"""Supervision of one job attempt: claim, spawn the training process, heartbeat, relay, finish.
+
+The service's lease decides who runs a job (architecture.md, "Delivery and recovery"): a claim answered 409
+means another worker holds a live lease, and this delivery exits without touching anything. While the
+child trains, the supervisor heartbeats (which extends the lease and brings back cancel / pause), tails the
+child's outbox and relays it in order, and watches its own lease: when the service refuses a heartbeat as
+stale, or no heartbeat got through for a whole lease, another worker may already run the job, so the child
+is killed at once and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlcore.checkpoint import step_dir_name
+from rlft.settings import Settings
+from worker import artifacts
+from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+CLAIM_WITHIN_S = 60.0  # how long a claim retries a down service before the task is retried by Celery
+STOP_GRACE_S = 300.0  # after SIGTERM, time for the engine to finish its step and checkpoint
+FINISH_WITHIN_S = 120.0
+
+
+@dataclass
+class ChildOutcome:
+    status: str | None = None  # the result line's status: succeeded | failed | interrupted
+    error: dict[str, str] | None = None
+    returncode: int | None = None
+
+
+@dataclass
+class Progress:
+    step: int | None = None
+    total_steps: int | None = None
+    first_metric_at: float | None = None
+
+
+class OutboxReader:
+    """Reads complete JSON lines appended to the child's outbox since the last call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+class Supervisor:
+    """Runs one delivery of ``rlft.training.run_job(job_id)`` to its end; ``run()`` returns the outcome."""
+
+    def __init__(
+        self, job_id: str, settings: Settings, *, worker_id: str | None = None, poll_s: float = 0.25
+    ):
+        self.job_id = job_id
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.poll_s = poll_s
+        lease = settings.lease_seconds
+        self.heartbeat_every_s = max(0.5, min(lease / 3.0, 5.0))
+        self.client = ServiceClient(
+            settings.api_url,
+            settings.resolved_worker_secret(),
+            job_id,
+            timeout_s=max(1.0, min(10.0, lease / 3.0)),
+        )
+        self.job_dir = Path(settings.data_dir) / "worker" / "jobs" / job_id
+        self.output_dir = self.job_dir / "output"
+        self.progress = Progress()
+        self.stop_action: str | None = None  # cancel | pause | time_limit, once asked
+
+    # -- the whole attempt ------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        try:
+            claim = self.client.call_retrying(
+                "claim",
+                {"worker_id": self.worker_id, "lease_seconds": self.settings.lease_seconds},
+                within_s=CLAIM_WITHIN_S,
+            )
+        except (LeaseLost, ServiceRejected) as exc:
+            # A second delivery of a running job, or one that already ended: nothing to do, nothing to touch.
+            log.info("job %s not claimed: %s", self.job_id, exc)
+            self.client.close()
+            return "not_claimed"
+        try:
+            return self._run_claimed(claim)
+        finally:
+            self.client.close()
+
+    def _run_claimed(self, claim: dict[str, Any]) -> str:
+        self.relay = Relay(self.client, int(claim["fence"]))
+        attempt_dir = self.job_dir / f"attempt-{claim.get('attempt', 0)}-fence-{claim['fence']}"
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        self._restore(claim.get("resume"))
+        self._event(
+            "info",
+            f"attempt {claim.get('attempt')} started on worker {self.worker_id}",
+            {"attempt": claim.get("attempt"), "resume": claim.get("resume")},
+        )
+        spec_file = _write_private(attempt_dir / "spec.json", json.dumps(claim["spec"]))
+        try:
+            child = self._spawn(claim["spec"], spec_file, attempt_dir)
+            outcome = self._supervise(child, OutboxReader(attempt_dir / "outbox.jsonl"))
+        except LeaseLost as exc:
+            log.warning("job %s: lease lost (%s); stopped without finishing", self.job_id, exc)
+            return "lease_lost"
+        finally:
+            spec_file.unlink(missing_ok=True)  # it holds the reward headers in clear
+        return self._finish(outcome, attempt_dir)
+
+    # -- before the child -------------------------------------------------------------------------------
+
+    def _restore(self, resume: dict[str, Any] | None) -> None:
+        """Put the service's newest checkpoint and recorded rewards into output_dir unless already there."""
+        store = self.settings.artifact_store
+        if resume and resume.get("location"):
+            local = self.output_dir / "checkpoints" / step_dir_name(int(resume["step"]))
+            if not artifacts.verify_checkpoint(local):
+                try:
+                    artifacts.download_checkpoint(resume["location"], local)
+                except (artifacts.ArtifactError, OSError) as exc:
+                    self._event("warning", f"could not restore checkpoint {resume['location']}: {exc}", {})
+        try:
+            artifacts.fetch_files(artifacts.rewards_location(store, self.job_id), self.output_dir / "rewards")
+        except OSError as exc:
+            log.warning("job %s: no recorded rewards restored: %s", self.job_id, exc)
+
+    def _spawn(self, spec: dict[str, Any], spec_file: Path, attempt_dir: Path) -> subprocess.Popen:
+        args = [
+            "--job-id",
+            self.job_id,
+            "--spec-file",
+            str(spec_file),
+            "--output-dir",
+            str(self.output_dir),
+            "--outbox",
+            str(attempt_dir / "outbox.jsonl"),
+            "--store",
+            self.settings.artifact_store,
+            "--parent-pid",
+            str(os.getpid()),
+            "--allowlist",
+            ",".join(self.settings.reward_url_allowlist),
+        ]
+        if self.settings.allow_private_reward_urls:
+            args.append("--allow-private")
+        gpus = int((spec.get("resources") or {}).get("gpus", 0))
+        if gpus > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                str(gpus),
+                "-m",
+                "worker.child",
+                *args,
+            ]
+        else:
+            cmd = [sys.executable, "-m", "worker.child", *args]
+        log_file = open(attempt_dir / "child.log", "ab")  # noqa: SIM115 - the child owns it from here
+        try:
+            # A new session: Ctrl-C or a SIGTERM to the worker's group reaches the supervisor, which decides.
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log_file.close()
+
+    # -- while the child runs ---------------------------------------------------------------------------
+
+    def _supervise(self, child: subprocess.Popen, outbox: OutboxReader) -> ChildOutcome:
+        outcome = ChildOutcome()
+        started = time.monotonic()
+        lease_until = started + self.settings.lease_seconds
+        next_beat = started
+        stop_sent_at: float | None = None
+        try:
+            while True:
+                exited = child.poll() is not None
+                self._consume(outbox.read(), outcome)
+                self.relay.flush()
+                now = time.monotonic()
+                if exited:
+                    outcome.returncode = child.returncode
+                    return outcome
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_every_s
+                    if self._heartbeat():
+                        lease_until = now + self.settings.lease_seconds
+                if now >= lease_until:
+                    raise LeaseLost(f"no heartbeat got through for {self.settings.lease_seconds} s")
+                if self.stop_action is None and now - started > self.settings.job_time_limit_s:
+                    self.stop_action = "time_limit"
+                if self.stop_action and stop_sent_at is None:
+                    stop_sent_at = now
+                    _signal(child, signal.SIGTERM)
+                elif stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
+                    _signal(child, signal.SIGKILL)
+                time.sleep(self.poll_s)
+        except BaseException:
+            # Lease lost, or the worker itself is going down hard: never leave the trainer running.
+            _signal(child, signal.SIGKILL)
+            child.wait()
+            raise
+
+    def _heartbeat(self) -> bool:
+        body = {
+            "fence": self.relay.fence,
+            "step": self.progress.step,
+            "total_steps": self.progress.total_steps,
+        }
+        try:
+            answer = self.client.call("heartbeat", body)
+        except ServiceUnavailable as exc:
+            log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+            return False
+        action = answer.get("action", "continue")
+        if action in ("cancel", "pause") and self.stop_action is None:
+            log.info("job %s: %s requested; stopping the training process", self.job_id, action)
+            self.stop_action = action
+        return True
+
+    def _consume(self, lines: list[dict[str, Any]], outcome: ChildOutcome) -> None:
+        for line in lines:
+            kind = line.pop("type", None)
+            if kind == "metrics":
+                self.progress.step = line["step"]
+                self.progress.first_metric_at = self.progress.first_metric_at or time.time()
+                for name, value in line["metrics"].items():
+                    self.relay.add("metrics", {"step": line["step"], "name": name, "value": value})
+            elif kind == "samples":
+                for sample in line["samples"]:
+                    self.relay.add("samples", sample)
+            elif kind == "event":
+                self.relay.add("events", {"type": "message", **line})
+            elif kind == "checkpoint":
+                self.relay.add("checkpoints", line)
+            elif kind == "progress":
+                self.progress.step, self.progress.total_steps = line["step"], line["total_steps"]
+            elif kind == "result":
+                outcome.status, outcome.error = line["status"], line.get("error")
+
+    # -- after the child --------------------------------------------------------------------------------
+
+    def _finish(self, outcome: ChildOutcome, attempt_dir: Path) -> str:
+        status, error = self._final_status(outcome, attempt_dir)
+        if status is None:
+            log.warning(
+                "job %s: training was interrupted without a request; leaving it to the reaper", self.job_id
+            )
+            return "interrupted"
+        if error:
+            self._event("error", error["message"], {"code": error["code"]})
+        if not self.relay.drain(timeout_s=FINISH_WITHIN_S):
+            log.error(
+                "job %s: %d items could not be relayed: %s",
+                self.job_id,
+                self.relay.pending,
+                self.relay.last_error,
+            )
+        try:
+            self.client.call_retrying(
+                "finish",
+                {"fence": self.relay.fence, "status": status, "error": error},
+                within_s=FINISH_WITHIN_S,
+            )
+        except LeaseLost as exc:
+            log.warning("job %s: finish refused (%s)", self.job_id, exc)
+            return "lease_lost"
+        if status in ("succeeded", "failed", "cancelled"):
+            # Every checkpoint is in the artifact store; the local copies only cost disk.
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+        return status
+
+    def _final_status(self, outcome: ChildOutcome, attempt_dir: Path) -> tuple[str | None, dict | None]:
+        stopped = {"cancel": "cancelled", "pause": "paused"}.get(self.stop_action or "")
+        if outcome.status == "succeeded":
+            return "succeeded", None
+        if outcome.status == "failed":
+            return "failed", outcome.error
+        if self.stop_action == "time_limit":
+            return "failed", {
+                "code": "time_limit_exceeded",
+                "message": f"the job ran longer than {self.settings.job_time_limit_s} s",
+            }
+        if stopped:
+            return stopped, None
+        if outcome.status == "interrupted":
+            return None, None
+        return "failed", _crash_error(outcome.returncode, attempt_dir / "child.log")
+
+    def _event(self, level: str, message: str, data: dict[str, Any]) -> None:
+        if hasattr(self, "relay"):
+            self.relay.add("events", {"level": level, "type": "message", "message": message, "data": data})
+
+
+def _crash_error(returncode: int | None, log_path: Path) -> dict[str, str]:
+    tail = _tail(log_path)
+    if returncode == -signal.SIGKILL:
+        return {
+            "code": "out_of_memory",
+            "message": "the training process was killed (SIGKILL), most likely by the host's out-of-memory "
+            f"killer; last output: {tail}",
+        }
+    how = f"signal {-returncode}" if returncode is not None and returncode < 0 else f"exit code {returncode}"
+    return {
+        "code": "training_process_crashed",
+        "message": f"the training process ended with {how} without reporting a result; last output: {tail}",
+    }
+
+
+def _tail(path: Path, max_bytes: int = 1500) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            return f.read().decode("utf-8", "replace").strip() or "(none)"
+    except OSError:
+        return "(no log)"
+
+
+def _signal(child: subprocess.Popen, sig: int) -> None:
+    if child.poll() is None:
+        try:
+            # The child leads its own session: signal the group, so `accelerate launch` ranks get it too.
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _write_private(path: Path, text: str) -> Path:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
