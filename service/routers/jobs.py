@@ -1,0 +1,260 @@
+"""``/v1/jobs``: create, read, list, state changes, metrics, events (polling, SSE), samples, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Annotated, Any
+
+import fsspec
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from rlcore.spec import JobSpec
+from service import crud, storage
+from service.deps import (
+    CipherDep,
+    CurrentTenant,
+    JobForTenant,
+    LockedJobForTenant,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+)
+from service.errors import ApiError, Conflict
+from service.models import TERMINAL, Event, Job, JobStatus
+from service.schemas import (
+    CheckpointList,
+    CheckpointPublic,
+    EventList,
+    EventPublic,
+    JobList,
+    JobPublic,
+    MetricList,
+    MetricPublic,
+    SampleList,
+    SamplePublic,
+)
+from service.validation import check_dataset, check_reward_url
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_TERMINAL_VALUES = {s.value for s in TERMINAL}
+SSE_POLL_S = 0.2
+SSE_PING_S = 15
+
+
+def _request_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.public_dict(), sort_keys=True).encode()).hexdigest()
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def create_job(
+    spec: JobSpec,
+    response: Response,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    cipher: CipherDep,
+    queue: QueueDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> JobPublic:
+    request_hash = _request_hash(spec)
+    if idempotency_key and (existing := _idempotent(session, tenant.id, idempotency_key, request_hash)):
+        response.status_code = 200
+        return crud.job_public(existing)
+    check_reward_url(spec.reward.url, settings)
+    check_dataset(session, tenant, spec, settings)
+    queue_name = spec.resources.queue or (settings.default_queue if spec.resources.gpus > 0 else "cpu")
+    try:
+        with session.begin_nested():
+            job = crud.insert_job(
+                session,
+                tenant_id=tenant.id,
+                spec_public=spec.public_dict(),
+                secret_headers=cipher.encrypt(spec.reward.header_values()),
+                queue=queue_name,
+                total_steps=spec.hyperparameters.steps,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+            )
+    except IntegrityError:
+        # A concurrent retry with the same Idempotency-Key won the insert: answer with its job.
+        existing = _idempotent(session, tenant.id, idempotency_key or "", request_hash)
+        if existing is None:
+            raise
+        response.status_code = 200
+        return crud.job_public(existing)
+    crud.schedule_enqueue(session, job, queue.enqueue)
+    return crud.job_public(job)
+
+
+def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
+    job = crud.find_idempotent(session, tenant_id, key)
+    if job is not None and job.request_hash != request_hash:
+        raise Conflict(
+            "this Idempotency-Key was used for a different job spec; use a new key for a new job",
+            code="idempotency_key_reused",
+        )
+    return job
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    request: Request,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="Last id of the previous page.")] = None,
+) -> JobList:
+    """Own jobs, newest first. Filter on metadata with ``metadata.KEY=VALUE`` query parameters."""
+    metadata = {
+        k[len("metadata.") :]: v for k, v in request.query_params.items() if k.startswith("metadata.")
+    }
+    jobs, has_more = crud.list_jobs(
+        session,
+        tenant.id,
+        status=status.value if status else None,
+        limit=limit,
+        after=after,
+        metadata=metadata,
+    )
+    return JobList(
+        data=[crud.job_public(j) for j in jobs],
+        has_more=has_more,
+        next_after=jobs[-1].id if has_more else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobForTenant) -> JobPublic:
+    return crud.job_public(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job: LockedJobForTenant, session: SessionDep) -> JobPublic:
+    crud.cancel(session, job)
+    return crud.job_public(job)
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job: LockedJobForTenant, session: SessionDep) -> JobPublic:
+    crud.pause(session, job)
+    return crud.job_public(job)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(job: LockedJobForTenant, session: SessionDep, queue: QueueDep) -> JobPublic:
+    crud.resume(session, job, queue.enqueue)
+    return crud.job_public(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList)
+def get_metrics(
+    job: JobForTenant,
+    session: SessionDep,
+    after_step: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
+    names: Annotated[list[str] | None, Query(description="Metric names; repeat or comma-separate.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricList:
+    wanted = [n for item in names or [] for n in item.split(",") if n]
+    rows = crud.list_metrics(session, job.id, after_step, wanted, limit)
+    return MetricList(data=[MetricPublic.model_validate(m, from_attributes=True) for m in rows])
+
+
+def _event_public(e: Event) -> EventPublic:
+    return EventPublic.model_validate(e, from_attributes=True)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def get_events(
+    job: JobForTenant,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Return events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventList:
+    events, has_more = crud.list_events(session, job.id, after, limit)
+    return EventList(data=[_event_public(e) for e in events], has_more=has_more)
+
+
+@router.get("/{job_id}/events/stream", response_class=EventSourceResponse)
+async def stream_events(
+    request: Request,
+    job: JobForTenant,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events; resumes after ``Last-Event-ID`` (or ``after``); ends after a terminal status."""
+    cursor = after or 0
+    if last_event_id and last_event_id.strip().isdigit():
+        cursor = int(last_event_id.strip())
+    factory = request.app.state.read_session_factory
+    return EventSourceResponse(_event_stream(factory, job.id, cursor), ping=SSE_PING_S)
+
+
+async def _event_stream(factory: sessionmaker[Session], job_id: str, cursor: int) -> Any:
+    # Polling the database (not an in-process queue) is what makes this work across API processes.
+    while True:
+        events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
+        for e in events:
+            cursor = e.id
+            yield {"id": str(e.id), "event": e.type, "data": e.model_dump_json()}
+            if e.type == "status" and (e.data or {}).get("status") in _TERMINAL_VALUES:
+                return
+        if not events and status in _TERMINAL_VALUES:
+            return
+        if not events:
+            await asyncio.sleep(SSE_POLL_S)
+
+
+def _poll_events(factory: sessionmaker[Session], job_id: str, cursor: int) -> tuple[list[EventPublic], str]:
+    with factory() as session:
+        events, _ = crud.list_events(session, job_id, cursor, 500)
+        status = session.get(Job, job_id).status
+        return [_event_public(e) for e in events], status
+
+
+@router.get("/{job_id}/samples", response_model=SampleList)
+def get_samples(
+    job: JobForTenant,
+    session: SessionDep,
+    step: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Default: the newest step.")] = None,
+    limit: Annotated[int, Query(ge=1, le=4096)] = 1000,
+) -> SampleList:
+    found, rows = crud.list_samples(session, job.id, step, limit)
+    return SampleList(step=found, data=[SamplePublic.model_validate(s, from_attributes=True) for s in rows])
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(job: JobForTenant, session: SessionDep) -> CheckpointList:
+    rows = crud.list_checkpoints(session, job.id)
+    return CheckpointList(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
+
+
+@router.get(
+    "/{job_id}/checkpoints/{ckpt_id}/archive",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."}},
+)
+def checkpoint_archive(
+    job: JobForTenant, session: SessionDep, ckpt_id: Annotated[str, Path(min_length=1, max_length=64)]
+) -> StreamingResponse:
+    ckpt = crud.get_checkpoint(session, job.id, ckpt_id)
+    fs, path = fsspec.core.url_to_fs(ckpt.location)
+    if not fs.exists(path):
+        raise ApiError(
+            f"the files of checkpoint {ckpt.id} are no longer in the artifact store",
+            code="gone",
+            status_code=410,
+        )
+    root = f"{job.id}-step-{ckpt.step}"
+    return StreamingResponse(
+        storage.stream_tar(ckpt.location, ckpt.files, root),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{root}.tar"'},
+    )

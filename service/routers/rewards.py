@@ -1,0 +1,86 @@
+"""``POST /v1/rewards/validate``: the dry run of a reward endpoint before any GPU is spent.
+
+It goes through the engine's own client (``rlcore.rewards.http.HTTPRewardClient``), so what passes here
+is what the job will see. Item errors come back per item (``on_error`` is forced to ``skip_sample``);
+timeouts and retries are capped so that a dead endpoint answers in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from rlcore.errors import RLFTError
+from rlcore.rewards.base import RewardItem
+from rlcore.rewards.http import HTTPRewardClient
+from service.deps import CurrentTenant, SettingsDep
+from service.schemas import RewardValidateRequest, RewardValidateResponse
+from service.validation import check_reward_url
+
+router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
+DRY_RUN_TIMEOUT_S = 30.0
+DRY_RUN_RETRIES = 1
+
+
+@router.post("/validate", response_model=RewardValidateResponse)
+def validate_reward(
+    body: RewardValidateRequest, tenant: CurrentTenant, settings: SettingsDep
+) -> RewardValidateResponse:
+    check_reward_url(body.reward.url, settings)
+    spec = body.reward.model_copy(
+        update={
+            "on_error": "skip_sample",
+            "timeout_s": min(body.reward.timeout_s, DRY_RUN_TIMEOUT_S),
+            "max_retries": min(body.reward.max_retries, DRY_RUN_RETRIES),
+        }
+    )
+    items = [
+        RewardItem(
+            id=f"validate-{i}",
+            prompt=it.prompt,
+            completion=it.completion,
+            group=i,
+            label=it.label,
+            metadata=it.metadata,
+        )
+        for i, it in enumerate(body.items)
+    ]
+    n = len(items)
+    start = time.perf_counter()
+    client = HTTPRewardClient(
+        spec,
+        job_id=f"validate-{tenant.id}",
+        allow_private=settings.allow_private_reward_urls,
+        allowlist=settings.reward_url_allowlist or None,
+        backoff_base_s=0.2,
+        backoff_cap_s=1.0,
+        retry_after_cap_s=2.0,
+    )
+    try:
+        result = client.score(0, items)
+    except RLFTError as e:
+        return RewardValidateResponse(
+            ok=False,
+            rewards=[None] * n,
+            errors=[None] * n,
+            components=[None] * n,
+            latency_ms=_ms(start),
+            protocol_error=e.to_dict(),
+            metrics={},
+        )
+    finally:
+        client.close()
+    return RewardValidateResponse(
+        ok=all(r is not None for r in result.rewards),
+        rewards=result.rewards,
+        errors=result.errors,
+        components=result.components,
+        latency_ms=_ms(start),
+        protocol_error=None,
+        metrics=result.metrics,
+    )
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

@@ -1,0 +1,252 @@
+"""Request and response bodies. Create and Public models are separate; the job create body is ``JobSpec``."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rlcore.spec import RewardSpec
+
+# Ids and names in paths and bodies stay short: nothing a client sends is unbounded.
+_Name = Field(min_length=1, max_length=200)
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    algorithm: str
+    model: str
+    spec: dict[str, Any] = Field(description="The submitted spec; reward header values are masked.")
+    metadata: dict[str, str]
+    progress: Progress
+    latest_metrics: dict[str, float]
+    error: ErrorInfo | None
+    attempts: int
+    queue: str
+
+
+class JobList(BaseModel):
+    data: list[JobPublic]
+    has_more: bool
+    next_after: str | None = Field(description="Pass as `after` to get the next page.")
+
+
+class MetricPoint(BaseModel):
+    step: int = Field(ge=0, le=2**31 - 1)
+    name: str = _Name
+    value: float
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        # JSON has no NaN; the engine reports divergence as an error, not as a metric.
+        if not math.isfinite(v):
+            raise ValueError("metric values must be finite numbers")
+        return v
+
+
+class MetricPublic(MetricPoint):
+    created_at: datetime
+
+
+class MetricList(BaseModel):
+    data: list[MetricPublic]
+
+
+class EventIn(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    type: Literal["message", "metrics", "status"] = "message"
+    message: str = Field("", max_length=10_000)
+    data: dict[str, Any] | None = None
+
+
+class EventPublic(BaseModel):
+    id: int
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class EventList(BaseModel):
+    data: list[EventPublic]
+    has_more: bool
+
+
+class SampleIn(BaseModel):
+    step: int = Field(ge=0, le=2**31 - 1)
+    index: int = Field(ge=0, le=2**31 - 1)
+    group: int | None = Field(None, ge=0, le=2**31 - 1)
+    prompt: str
+    completion: str
+    reward: float | None = None
+    label: Any = None
+    error: str | None = None
+
+    @field_validator("reward")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        return v if v is None or math.isfinite(v) else None
+
+
+class SamplePublic(SampleIn):
+    pass
+
+
+class SampleList(BaseModel):
+    step: int | None
+    data: list[SamplePublic]
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    step: int
+    location: str
+    manifest_sha256: str
+    size_bytes: int
+    metrics: dict[str, Any]
+    best: bool
+    created_at: datetime
+
+
+class CheckpointList(BaseModel):
+    data: list[CheckpointPublic]
+
+
+class FilePublic(BaseModel):
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    rows: int
+    sha256: str
+    created_at: datetime
+
+
+class RewardValidateItem(BaseModel):
+    prompt: str = Field(max_length=1_000_000)
+    completion: str = Field(max_length=1_000_000)
+    label: Any = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reward: RewardSpec
+    items: list[RewardValidateItem] = Field(min_length=1, max_length=256)
+
+
+class RewardValidateResponse(BaseModel):
+    ok: bool = Field(description="True when every item got a finite reward and no protocol error occurred.")
+    rewards: list[float | None]
+    errors: list[str | None]
+    components: list[dict[str, float] | None]
+    latency_ms: float
+    protocol_error: ErrorInfo | None
+    metrics: dict[str, float]
+
+
+# --- worker-facing (/internal/v1) ---
+
+
+class Fenced(BaseModel):
+    fence: int = Field(ge=0, le=2**62)
+
+
+class ClaimRequest(BaseModel):
+    worker_id: str = _Name
+    lease_seconds: int | None = Field(None, ge=5, le=3600)
+
+
+class ResumePoint(BaseModel):
+    step: int
+    location: str
+
+
+class ClaimResponse(BaseModel):
+    job_id: str
+    fence: int
+    attempt: int
+    spec: dict[str, Any]
+    resume: ResumePoint | None
+    lease_expires_at: datetime
+
+
+class HeartbeatRequest(Fenced):
+    step: int | None = Field(None, ge=0, le=2**31 - 1)
+    total_steps: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class HeartbeatResponse(BaseModel):
+    action: Literal["continue", "cancel", "pause"]
+    lease_expires_at: datetime | None
+
+
+class MetricsBatch(Fenced):
+    points: list[MetricPoint] = Field(max_length=100_000)
+
+
+class EventsBatch(Fenced):
+    events: list[EventIn] = Field(max_length=10_000)
+
+
+class SamplesBatch(Fenced):
+    samples: list[SampleIn] = Field(max_length=10_000)
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class CheckpointFile(BaseModel):
+    path: str = Field(min_length=1, max_length=1000)
+    sha256: str = Field(min_length=1, max_length=64)
+    size: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        # These names become archive member names: no absolute paths, no climbing out of the checkpoint.
+        parts = v.split("/")
+        if v.startswith("/") or "\\" in v or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                "checkpoint file paths are relative, '/'-separated, without '.', '..' or empty parts"
+            )
+        return v
+
+
+class CheckpointRegister(Fenced):
+    step: int = Field(ge=0, le=2**31 - 1)
+    location: str = Field(min_length=1, max_length=4000)
+    manifest_sha256: str = Field(min_length=1, max_length=64)
+    size_bytes: int = Field(ge=0)
+    files: list[CheckpointFile] = Field(default_factory=list, max_length=100_000)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class CheckpointId(BaseModel):
+    id: str
+
+
+class FinishRequest(Fenced):
+    status: Literal["succeeded", "failed", "cancelled", "paused"]
+    error: ErrorInfo | None = None

@@ -1,0 +1,65 @@
+"""Bytes in the artifact store (a local path or any fsspec URL): uploaded datasets, checkpoint archives."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+CHUNK = 1024 * 1024
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def read_jsonl_rows(url: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL file already validated at upload (blank lines skipped)."""
+    with fsspec.open(url, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def stream_tar(location: str, files: list[dict[str, Any]], root: str) -> Iterator[bytes]:
+    """A tar of the registered ``model/`` files of a checkpoint, produced chunk by chunk.
+
+    Member names come from ``files`` (the database), never from the request; they were checked to be
+    relative and free of ``..`` when the checkpoint was registered. Headers are written by hand so that
+    nothing larger than one chunk is ever held in memory.
+    """
+    fs, base = fsspec.core.url_to_fs(location)
+    for entry in files:
+        rel = entry["path"]
+        if not rel.startswith("model/"):
+            continue
+        path = join(base, rel)
+        info = tarfile.TarInfo(name=f"{root}/{rel[len('model/') :]}")
+        info.size = int(fs.size(path))
+        info.mode = 0o644
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        sent = 0
+        with fs.open(path, "rb") as f:
+            while sent < info.size:
+                chunk = f.read(min(CHUNK, info.size - sent))
+                if not chunk:
+                    break
+                sent += len(chunk)
+                yield chunk
+        if sent < info.size:
+            raise OSError(f"{path} shrank while it was being archived")
+        pad = (-info.size) % _BLOCK
+        if pad:
+            yield b"\0" * pad
+    yield b"\0" * (2 * _BLOCK)
