@@ -23,7 +23,8 @@ from rich.table import Table
 from rlft import client as api
 
 # soft_wrap: an error stays one line (and an id one token) whatever the terminal's width.
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: scripts and logs want whole lines.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 DEV_KEY_FILE = "dev-api-key"
 
@@ -235,10 +236,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(page.model_dump_json())
         return 0
-    table = Table("id", "status", "step", "reward", "model", "created", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in page.data), default=2))
+    for name in ("status", "step", "reward", "model", "created"):
+        table.add_column(name, no_wrap=name != "model", min_width=10 if name == "model" else None)
     for job in page.data:
+        created = (job.created_at or "")[:19].replace("T", " ")
         table.add_row(job.id, job.status, _step_text(job), _metric_text(job, "reward/mean"),
-                      job.model or "", job.created_at or "")
+                      job.model or "", created)
     out.print(table)
     if page.next_after:
         err.print(f"more: `rlft jobs --after {page.next_after}`")
@@ -261,11 +266,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(job.model_dump_json())
         return 0
-    out.print(f"{job.id}  [bold]{job.status}[/]  step {_step_text(job)}")
+    out.print(f"{job.id}  {job.status}  step {_step_text(job)}", markup=False)
     for name, value in sorted((job.latest_metrics or {}).items()):
-        out.print(f"  {name:<24} {value}")
+        out.print(f"  {name:<24} {value:.6g}", markup=False)
     if job.error:
-        out.print(f"  [red]error {job.error.get('code')}: {job.error.get('message')}[/]")
+        out.print(f"  error {job.error.get('code')}: {job.error.get('message')}", style="red", markup=False)
     return 0
 
 
@@ -274,7 +279,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if args.follow:
             return _follow(c, args.job)
         for event in c.jobs.events(args.job):
-            out.print(_event_line(event))
+            out.print(_event_line(event), markup=False)
     return 0
 
 
@@ -293,7 +298,7 @@ def _follow(c: api.Client, job_id: str) -> int:
     job = result.job
     err.print(f"job {job.id} {job.status}")
     if job.error:
-        err.print(f"error {job.error.get('code')}: {job.error.get('message')}")
+        err.print(f"error {job.error.get('code')}: {job.error.get('message')}", markup=False)
     return 0 if job.status in ("succeeded", "paused") else 1
 
 
@@ -313,10 +318,13 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if not ckpts:
         err.print(f"job {args.job} has no checkpoint yet")
         return 0
-    table = Table("id", "step", "size", "created", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True, min_width=max(len(ck.id) for ck in ckpts))
+    for name in ("step", "size", "created"):
+        table.add_column(name, no_wrap=True)
     for ck in ckpts:
         size = f"{ck.size_bytes / 1e6:.1f} MB" if ck.size_bytes else ""
-        table.add_row(ck.id, str(ck.step), size, ck.created_at or "")
+        table.add_row(ck.id, str(ck.step), size, (ck.created_at or "")[:19].replace("T", " "))
     out.print(table)
     return 0
 
@@ -483,11 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
         return 1
     except api.APIError as exc:
         url = getattr(args, "api_url", None) or os.environ.get("RLFT_API_URL") or api.DEFAULT_URL
-        err.print(f"error: {_explain(exc, url)}")
+        err.print(f"error: {_explain(exc, url)}", markup=False)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,10 +14,10 @@ The CLI and the tests use this client, so what works here works there.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -337,14 +337,32 @@ class Jobs(_Resource):
 
     def download_checkpoint(self, job_id: str, dest: str | os.PathLike, *, step: int | None = None,
                             checkpoint_id: str | None = None) -> Path:
-        """Extract a checkpoint's Hugging Face model directory into ``dest``; the newest unless ``step``."""
+        """Write a checkpoint's Hugging Face model directory to ``dest``; the newest unless ``step``.
+
+        ``dest`` is then loadable with ``AutoModelForCausalLM.from_pretrained(dest)``. The archive is
+        streamed to a temporary file first, so a model larger than memory downloads too.
+        """
         ckpt_id = checkpoint_id or self._pick_checkpoint(job_id, step).id
-        resp = self._c._send("GET", f"/v1/jobs/{job_id}/checkpoints/{ckpt_id}/archive")
         out = Path(dest)
         out.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:*") as tar:
-            tar.extractall(out, filter="data")  # "data" refuses absolute paths, links out and devices
+        with tempfile.TemporaryFile(dir=out) as tmp:
+            self._stream_to(f"/v1/jobs/{job_id}/checkpoints/{ckpt_id}/archive", tmp)
+            tmp.seek(0)
+            with tarfile.open(fileobj=tmp, mode="r:*") as tar:
+                # "data" refuses absolute paths, links that leave dest, and devices.
+                tar.extractall(out, members=_strip_root(tar.getmembers()), filter="data")
         return out
+
+    def _stream_to(self, path: str, f: Any) -> None:
+        try:
+            with self._c._http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_from_response(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    f.write(chunk)
+        except httpx.TransportError as exc:
+            raise self._c._unreachable(exc) from exc
 
     def _pick_checkpoint(self, job_id: str, step: int | None) -> Checkpoint:
         ckpts = self.checkpoints(job_id)
@@ -393,6 +411,20 @@ class _SSEFollower:
             if event.id is not None:
                 self.last_event_id = str(event.id)
             yield event
+
+
+def _strip_root(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """Drop the archive's single top-level folder, if it has one, so that files land directly in dest."""
+    tops = {m.name.split("/", 1)[0] for m in members}
+    if len(tops) != 1 or not all("/" in m.name for m in members if not m.isdir()):
+        return members
+    prefix = tops.pop() + "/"
+    kept = []
+    for m in members:
+        if m.name.startswith(prefix):
+            m.name = m.name[len(prefix):]
+            kept.append(m)
+    return kept
 
 
 def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rlft.client import Client, Event, Job
@@ -93,8 +94,8 @@ def _apply(event: Event, progress: Progress, task: int, result: FollowResult, sh
             progress.console.print(f"[dim]status →[/] {status}")
     elif show_messages and event.message:
         style = _LEVEL_STYLE.get(event.level, "")
-        text = f"[{style}]{event.level}[/]: {event.message}" if style else event.message
-        progress.console.print(text, highlight=False)
+        message = escape(event.message)  # a message is data, not markup
+        progress.console.print(f"[{style}]{event.level}[/]: {message}" if style else message, highlight=False)
 
 
 def reward_chart(points: dict[int, float], *, width: int = 60, height: int = 8) -> str:
