@@ -31,7 +31,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity import wait_random_exponential as _full_jitter
 
-from rlcore.errors import RewardEndpointUnreachable, RewardInvalid, RewardRejected
+from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected
 from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics
 from rlcore.rewards.protocol import parse_response, request_body
 from rlcore.rewards.urlpolicy import UnresolvableHost, check_reward_url
@@ -40,6 +40,7 @@ from rlcore.spec import RewardSpec
 T = TypeVar("T")
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 USER_AGENT = "rlft-reward-client/1"
+PROTOCOL_HEADERS = frozenset({"content-type", "idempotency-key"})
 
 
 class _Retryable(Exception):
@@ -80,7 +81,7 @@ class HTTPRewardClient:
         url_check_ttl_s: float = 5.0,
     ):
         if not spec.url:
-            raise ValueError("HTTPRewardClient needs reward.url")
+            raise ConfigError("no reward URL: set reward.url in the spec")
         self.spec = spec
         self.url = spec.url
         self.job_id = job_id
@@ -176,8 +177,10 @@ class HTTPRewardClient:
     ) -> RewardBatchResult:
         body = request_body(self.spec.protocol, self.job_id, step, uuid.uuid4().hex, batch)
         payload = json.dumps(body, default=str).encode()
+        # The protocol's own headers win over configured ones of the same name, whatever their case.
+        configured = {k: v for k, v in self.spec.header_values().items() if k.lower() not in PROTOCOL_HEADERS}
         headers = {
-            **self.spec.header_values(),
+            **configured,
             "Content-Type": "application/json",
             "Idempotency-Key": f"{self.job_id}:{step}:{n}",
         }
@@ -271,6 +274,8 @@ class HTTPRewardClient:
 async def _all_or_first_error(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently; on the first failure cancel the rest (no point scoring a failed step) and raise."""
     tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:

@@ -78,7 +78,11 @@ def items(n: int, step: int = 5, completions: list[str] | None = None) -> list[R
 
 
 def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: RunningServer, client_for):
-    client = client_for(server.url("/ok"), headers={"Authorization": "Bearer s3cret"}, batch_size=3)
+    client = client_for(
+        server.url("/ok"),
+        headers={"Authorization": "Bearer s3cret", "content-type": "text/plain"},
+        batch_size=3,
+    )
     sent = items(7)
     result = client.score(5, sent)
 
@@ -298,6 +302,21 @@ def test_client_applies_the_policy_before_sending(server):
         with pytest.raises(RewardURLForbidden, match="loopback"):
             client.score(1, items(2))
     assert server.state.requests == []
+
+
+def test_client_rechecks_the_policy_when_the_verdict_expires(server):
+    spec = RewardSpec(url=server.url("/ok"))
+    with HTTPRewardClient(spec, allowlist=["127.0.0.1"], url_check_ttl_s=0, **FAST) as client:
+        client.score(1, items(1))
+        client.allowlist = ["rewards.example.com"]  # stands in for DNS that changed after submit
+        with pytest.raises(RewardURLForbidden, match="allowlist"):
+            client.score(2, items(1))
+    assert len(server.state.seen("/ok")) == 1
+
+
+def test_no_items_no_requests(server, client_for):
+    result = client_for(server.url("/ok")).score(1, [])
+    assert result.rewards == [] and server.state.requests == []
 
 
 # -- Python callables ---------------------------------------------------------------------------------------
