@@ -110,5 +110,6 @@ def finish(job_id: JobId, body: FinishRequest, session: SessionDep) -> JobPublic
     job = crud.fenced_job(session, job_id, body.fence, states=None)
     if job.status == body.status:
         return crud.job_public(job)  # a retried finish whose first answer was lost
+    crud.fenced_job(session, job_id, body.fence)  # otherwise the job must still be leased
     crud.finish(session, job, body)
     return crud.job_public(job)
