@@ -85,6 +85,18 @@ def test_gae_matches_loop_reference(seed):
     close(ret, ref_ret)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gae_skips_holes_in_the_mask(seed):
+    # Tool output inside a completion: V_{t+1} is the value at the next *completion* position.
+    gen = torch.Generator().manual_seed(seed)
+    rewards, values = torch.randn(4, 10, generator=gen), torch.randn(4, 10, generator=gen)
+    mask = torch.rand(4, 10, generator=gen) < 0.6
+    adv, ret = alg.gae(rewards, values, mask, 0.9, 0.7)
+    ref_adv, ref_ret = gae_loop(rewards.tolist(), values.tolist(), mask.tolist(), 0.9, 0.7)
+    close(adv, ref_adv)
+    close(ret, ref_ret)
+
+
 def test_gae_ignores_values_under_the_mask():
     gen = torch.Generator().manual_seed(5)
     rewards, values, mask = torch.randn(4, 9, generator=gen), torch.randn(4, 9, generator=gen), None
