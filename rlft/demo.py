@@ -183,8 +183,11 @@ def main() -> int:
     console.rule("[bold]rlft demo: GRPO on a tiny model, rewarded for writing the letter 'a'")
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
+    from transformers.utils import logging as hf_logging
+
     from rlcore.testing import make_tiny_model
 
+    hf_logging.disable_progress_bar()  # one bar on screen: the job's
     with console.status("building the tiny model"):
         make_tiny_model(TINY_MODEL, "tiny")
     console.print(f"model        {TINY_MODEL}/ (random tiny Qwen2, byte-level tokenizer)")

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rlft.client import Client, Event, Job
 
 REWARD_KEYS = ("reward/mean", "reward", "rewards/mean")
-KL_KEYS = ("kl/mean", "kl", "objective/kl")
+# KL to the reference model when the job has one (kl_coef > 0); else the old-to-new policy KL of the update.
+KL_KEYS = ("kl/mean", "kl", "policy/approx_kl")
 _LEVEL_STYLE = {"warning": "yellow", "error": "bold red"}
 
 

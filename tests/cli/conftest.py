@@ -1,0 +1,162 @@
+"""A real API process (uvicorn) on SQLite, a real reward server, and a stand-in worker that speaks the
+documented worker protocol (/internal/v1) so that jobs get metrics, checkpoints and a final state without
+training anything. Shared by the client and CLI tests of this folder."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Api:
+    url: str
+    key: str
+    other_key: str  # a second tenant's
+    worker_secret: str
+    reward_url: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    from rlft.settings import Settings
+    from service.db import migrate
+    from service.keys import create_api_key
+
+    data = tmp_path_factory.mktemp("rlft-api")
+    port = free_port()
+    worker_secret = secrets.token_urlsafe(32)
+    env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret)
+    settings = Settings(data_dir=data, dev_mode=True)
+    migrate(settings)
+    keys = create_api_key(settings, "tenant-a"), create_api_key(settings, "tenant-b")
+    with LocalStack(env=env, log_dir=data / "logs") as stack:
+        url = stack.start_api("127.0.0.1", port)
+        reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
+        yield Api(url, keys[0], keys[1], worker_secret, reward, data)
+
+
+def letter_spec(reward_url: str, **hyperparameters: Any) -> dict[str, Any]:
+    return {
+        "algorithm": "grpo",
+        "model": {"name_or_path": ".rlft/models/tiny"},
+        "dataset": {"rows": [{"prompt": "Say:", "label": "a"}, {"prompt": "Go:", "label": "a"}]},
+        "reward": {"url": reward_url},
+        "hyperparameters": {"steps": 3, "prompts_per_step": 2, "group_size": 2, **hyperparameters},
+        "resources": {"gpus": 0},
+    }
+
+
+class StandInWorker:
+    """Plays a worker's part over /internal/v1: claim, report metrics and a checkpoint, finish."""
+
+    def __init__(self, api: Api):
+        self.api = api
+        self.http = httpx.Client(base_url=api.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {api.worker_secret}"})
+
+    def _post(self, job_id: str, what: str, body: dict[str, Any]) -> Any:
+        resp = self.http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def run(self, job_id: str, steps: int = 3) -> dict[int, float]:
+        """Report ``steps`` steps with a rising reward and a checkpoint of a real tiny model at the last."""
+        fence = self._post(job_id, "claim", {"worker_id": "stand-in"})["fence"]
+        rewards = {s: 0.1 * s for s in range(1, steps + 1)}
+        for step, reward in rewards.items():
+            points = [{"step": step, "name": "reward/mean", "value": reward},
+                      {"step": step, "name": "kl/mean", "value": 0.01 * step}]
+            self._post(job_id, "metrics", {"fence": fence, "points": points})
+        self._post(job_id, "checkpoints", {"fence": fence, **self._checkpoint(job_id, steps)})
+        self._post(job_id, "finish", {"fence": fence, "status": "succeeded", "error": None})
+        return rewards
+
+    def _checkpoint(self, job_id: str, step: int) -> dict[str, Any]:
+        from rlcore.testing import make_tiny_model
+
+        location = self.api.data_dir / "artifacts" / job_id / f"step-{step:06d}"
+        make_tiny_model(location / "model", "tiny")
+        files = []
+        for path in sorted(p for p in location.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            files.append({"path": path.relative_to(location).as_posix(),
+                          "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+        manifest = hashlib.sha256(repr(files).encode()).hexdigest()
+        return {"step": step, "location": str(location), "manifest_sha256": manifest,
+                "size_bytes": sum(f["size"] for f in files), "files": files, "metrics": {}}
+
+
+@pytest.fixture(scope="session")
+def finished_job(api: Api) -> tuple[str, dict[int, float]]:
+    """A job that went queued → running → succeeded with 3 metric steps and a checkpoint at step 3."""
+    from rlft.client import Client
+
+    with Client(api.url, api.key) as client:
+        job = client.jobs.create(letter_spec(api.reward_url))
+    return job.id, StandInWorker(api).run(job.id)
+
+
+class DroppingProxy:
+    """A TCP proxy whose first connection is cut in the middle of the response's ``nth`` SSE event.
+
+    Every later connection is relayed whole. Requests are made ``Connection: close`` so that each
+    connection carries one request.
+    """
+
+    def __init__(self, upstream_port: int, nth: int = 3):
+        self.upstream_port = upstream_port
+        self.nth = nth
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._relay, args=(conn, self.connections == 1), daemon=True).start()
+
+    def _relay(self, conn: socket.socket, cut: bool) -> None:
+        with conn, socket.create_connection(("127.0.0.1", self.upstream_port)) as up:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            up.sendall(request.replace(b"keep-alive", b"close"))
+            received = b""
+            while chunk := up.recv(65536):
+                received += chunk
+                if cut and received.count(b"id: ") >= self.nth:
+                    # Half-way into the nth event: its blank line never arrives, so it must not count.
+                    conn.sendall(received[: _nth_index(received, self.nth) + 8])
+                    return
+                if not cut:
+                    conn.sendall(chunk)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _nth_index(data: bytes, n: int) -> int:
+    at = -1
+    for _ in range(n):
+        at = data.index(b"id: ", at + 1)
+    return at
