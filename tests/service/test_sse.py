@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,52 +14,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from rlft.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.service.conftest import WORKER, job_body
+from tests.service.servers import ServerThread, free_port
 
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """uvicorn serving an app in this process, on a free port of 127.0.0.1."""
-
-    def __init__(self, settings: Settings):
-        self.port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:
-    with ServerThread(settings) as srv:
+    with ServerThread(create_app(settings)) as srv:
         yield srv
 
 
