@@ -7,6 +7,7 @@ transactions start ``IMMEDIATE``) serialise state changes of one job between the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -267,9 +268,11 @@ def _insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], ke
 
 def ingest_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> int:
     now = utcnow()
+    # JSON cannot carry NaN/inf back to readers; such points are dropped, not stored.
     rows = [
         {"job_id": job.id, "step": p.step, "name": p.name, "value": p.value, "created_at": now}
         for p in points
+        if math.isfinite(p.value)
     ]
     if not rows:
         return 0

@@ -51,18 +51,15 @@ class JobList(BaseModel):
 class MetricPoint(BaseModel):
     step: int = Field(ge=0, le=2**31 - 1)
     name: str = _Name
+    value: float = Field(
+        description="Non-finite values are skipped (not stored): JSON cannot carry them back."
+    )
+
+
+class MetricPublic(BaseModel):
+    step: int
+    name: str
     value: float
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        # JSON has no NaN; the engine reports divergence as an error, not as a metric.
-        if not math.isfinite(v):
-            raise ValueError("metric values must be finite numbers")
-        return v
-
-
-class MetricPublic(MetricPoint):
     created_at: datetime
 
 
@@ -70,11 +67,34 @@ class MetricList(BaseModel):
     data: list[MetricPublic]
 
 
+_LEVELS = {
+    "debug": "debug",
+    "info": "info",
+    "warn": "warning",
+    "warning": "warning",
+    "error": "error",
+    "critical": "error",
+}
+MAX_MESSAGE = 10_000
+
+
 class EventIn(BaseModel):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lenient on purpose: one odd event must not make a worker's whole batch be refused (and dropped)."""
+
+    level: str = Field("info", max_length=20, description="debug, info, warning or error (others: info).")
     type: Literal["message", "metrics", "status"] = "message"
-    message: str = Field("", max_length=10_000)
+    message: str = Field("", description=f"Cut to {MAX_MESSAGE} characters.")
     data: dict[str, Any] | None = None
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        return _LEVELS.get(v.lower(), "info")
+
+    @field_validator("message")
+    @classmethod
+    def _cut(cls, v: str) -> str:
+        return v[:MAX_MESSAGE]
 
 
 class EventPublic(BaseModel):

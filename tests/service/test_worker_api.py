@@ -179,3 +179,21 @@ def test_reconciler_re_enqueues_a_lost_message(client: TestClient, alice: dict, 
     assert sweep(settings) == (0, 1)
     assert broker_job_ids(settings).count(jid) == 2
     assert sweep(settings) == (0, 0)  # just re-sent: not again until reconcile_after_s passes
+
+
+def test_odd_worker_items_do_not_sink_a_batch(client: TestClient, alice: dict) -> None:
+    """The worker drops a batch the service refuses, so one bad value must not cost the good ones."""
+    job = create_job(client, alice)
+    fence = claim(client, job["id"])["fence"]
+    points = [{"step": 1, "name": "a", "value": 1.0}, {"step": 1, "name": "b", "value": float("nan")}]
+    r = client.post(
+        f"/internal/v1/jobs/{job['id']}/metrics",
+        content=json.dumps({"fence": fence, "points": points}),  # NaN as the json module writes it
+        headers={**WORKER, "Content-Type": "application/json"},
+    )
+    assert r.json() == {"accepted": 1}
+    ev = {"level": "WARN", "message": "x" * 20_000, "data": {"k": 1}}
+    assert wpost(client, job["id"], "events", fence=fence, events=[ev]).json() == {"accepted": 1}
+    last = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).json()["data"][-1]
+    assert last["level"] == "warning" and len(last["message"]) == 10_000
+    assert client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()["data"][0]["name"] == "a"
