@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -125,7 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from rlft.demo import LETTER_APP, LocalStack, StackError, run_cli, stack_env
+    from rlft.demo import LETTER_APP, LocalStack, StackError, interrupt_on_sigterm, run_cli, stack_env
 
     settings = _settings()
     api_url = f"http://{args.host}:{args.port}"
@@ -135,7 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             env[name] = os.environ[name]
     run_cli(env, "migrate")
     key = _dev_key(settings.data_dir, env, run_cli)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the children like Ctrl-C does
+    interrupt_on_sigterm()  # `kill` stops the children like Ctrl-C does
     with LocalStack(env=env, log_dir=settings.data_dir / "logs") as stack:
         try:
             url = stack.start_api(args.host, args.port)
@@ -153,10 +152,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         except StackError as exc:
             raise CLIError(str(exc)) from exc
     return 0
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _dev_key(data_dir: Path, env: dict[str, str], run_cli: Callable[..., str]) -> str:

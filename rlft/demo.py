@@ -177,6 +177,15 @@ def demo_spec(reward_url: str) -> dict[str, Any]:
     return spec
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so that ``with LocalStack(...)`` stops the children either way."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def demo_dir() -> Path:
     """``.demo/``, or ``$RLFT_DEMO_DIR`` (the test of the demo runs it in a temporary folder)."""
     return Path(os.environ.get("RLFT_DEMO_DIR") or ".demo")
@@ -185,6 +194,7 @@ def demo_dir() -> Path:
 def main() -> int:
     console = Console()
     started = time.monotonic()
+    interrupt_on_sigterm()
     console.rule("[bold]rlft demo: GRPO on a tiny model, rewarded for writing the letter 'a'")
     work = demo_dir()
     if work.exists():
