@@ -73,8 +73,9 @@ class OutboxCallback(Callback):
         # JSON has no NaN/inf; the engine fails the job on a non-finite loss, other values are dropped.
         finite = {k: float(v) for k, v in metrics.items() if _is_finite(v)}
         self._last_metrics = finite
-        self.outbox.write("metrics", step=step, metrics=finite)
+        # Mirrored first: once the service shows a step, a resume elsewhere can reuse that step's rewards.
         self._mirror_rewards()
+        self.outbox.write("metrics", step=step, metrics=finite)
 
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         records = [

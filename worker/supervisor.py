@@ -96,14 +96,16 @@ class Supervisor:
 
     def run(self) -> str:
         try:
-            claim = self.client.call_retrying(
-                "claim",
-                {"worker_id": self.worker_id, "lease_seconds": self.settings.lease_seconds},
-                within_s=CLAIM_WITHIN_S,
-            )
-        except (LeaseLost, ServiceRejected) as exc:
+            # No lease_seconds: the service's own setting decides, the worker only mirrors it locally.
+            claim = self.client.call_retrying("claim", {"worker_id": self.worker_id}, within_s=CLAIM_WITHIN_S)
+        except LeaseLost as exc:
             # A second delivery of a running job, or one that already ended: nothing to do, nothing to touch.
             log.info("job %s not claimed: %s", self.job_id, exc)
+            self.client.close()
+            return "not_claimed"
+        except ServiceRejected as exc:
+            # Unknown job (deleted) or a wrong worker secret: loud, since the second needs an operator.
+            log.error("job %s not claimed: %s", self.job_id, exc)
             self.client.close()
             return "not_claimed"
         try:

@@ -1,0 +1,226 @@
+"""A job submitted over REST trains a real model against a real reward endpoint, every part a real process.
+
+Only HTTP crosses from the tests to the stack (plus signals to the worker processes, for the kill test).
+The measured figures (submit → first metric, seconds per step, kill → next step) are written to
+``figures.json`` in the session's directory and to ``$RLFT_E2E_FIGURES`` when set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import tarfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack, training_children, wait_for
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = ["Say something:", "Write a word:", "Go:", "Answer:"]
+# Measured on the tiny model (seed 1): GRPO's mean reward goes from ~0.01 to ~0.4 in 8 steps, PPO's from
+# ~0.005 to ~0.98 in 20 (tests/rlcore/test_learning.py has the longer runs).
+GRPO = dict(
+    steps=10,
+    prompts_per_step=4,
+    group_size=8,
+    max_new_tokens=8,
+    learning_rate=2e-2,
+    checkpoint_every=5,
+    seed=1,
+)
+PPO = dict(
+    steps=20,
+    prompts_per_step=16,
+    group_size=1,
+    max_new_tokens=8,
+    learning_rate=2e-2,
+    checkpoint_every=10,
+    seed=1,
+)
+JOB_TIMEOUT_S = 420
+QUIET_CHECK_S = 4.0  # how long a cancelled job is watched for late metrics
+FIGURES: dict[str, Any] = {}
+
+
+def make_spec(
+    stack: Stack, algorithm: str = "grpo", reward: str = "letter", reward_extra: dict | None = None, **hp: Any
+) -> dict[str, Any]:
+    hyper = {**(PPO if algorithm == "ppo" else GRPO), **hp}
+    return {
+        "algorithm": algorithm,
+        "model": {"name_or_path": stack.model_path},
+        "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS]},
+        "reward": {
+            "url": stack.reward_urls[reward],
+            "timeout_s": 10,
+            "max_retries": 2,
+            **({"protocol": "openrlhf"} if reward == "openrlhf" else {}),
+            **(reward_extra or {}),
+        },
+        "hyperparameters": hyper,
+        "resources": {"gpus": 0},
+    }
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def record(name: str, value: Any) -> None:
+    FIGURES[name] = value
+    text = json.dumps(FIGURES, indent=1, sort_keys=True)
+    if os.environ.get("RLFT_E2E_FIGURES"):
+        Path(os.environ["RLFT_E2E_FIGURES"]).write_text(text)
+
+
+def reward_curve(stack: Stack, job_id: str) -> list[float]:
+    rows = sorted(stack.metrics(job_id, "reward/mean"), key=lambda m: m["step"])
+    return [m["value"] for m in rows]
+
+
+def assert_one_row_per_step_and_name(stack: Stack, job_id: str, steps: int) -> None:
+    rows = stack.metrics(job_id)
+    counts = Counter((m["step"], m["name"]) for m in rows)
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
+    for name in ("reward/mean", "loss/policy"):
+        assert sorted(m["step"] for m in rows if m["name"] == name) == list(range(1, steps + 1)), name
+
+
+def assert_archive_loads(stack: Stack, job_id: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    ckpts = stack.request("GET", f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    assert ckpts, "no checkpoint registered"
+    newest = max(ckpts, key=lambda c: c["step"])
+    resp = stack.request("GET", f"/v1/jobs/{job_id}/checkpoints/{newest['id']}/archive")
+    assert resp.status_code == 200, resp.text
+    dest = tmp_path / f"archive-{job_id}"
+    with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
+        tar.extractall(dest, filter="data")
+    (config,) = list(dest.rglob("config.json"))
+    model = AutoModelForCausalLM.from_pretrained(config.parent)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def assert_learned_and_downloadable(stack: Stack, job: dict, steps: int, tmp_path: Path) -> None:
+    done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    assert done["status"] == "succeeded", done.get("error")
+    curve = reward_curve(stack, job["id"])
+    assert len(curve) == steps
+    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    assert last > first + 0.1, f"the reward did not rise: {curve}"
+    assert_one_row_per_step_and_name(stack, job["id"], steps)
+    assert_archive_loads(stack, job["id"], tmp_path)
+
+
+def record_timing(stack: Stack, job: dict, submitted_at: float, label: str) -> None:
+    rows = sorted(stack.metrics(job["id"], "reward/mean"), key=lambda m: m["step"])
+    stamps = [ts(m["created_at"]) for m in rows]
+    engine = [m["value"] for m in stack.metrics(job["id"], "time/step_s")]
+    record(f"{label}.submit_to_first_metric_s", round(stamps[0] - submitted_at, 2))
+    record(f"{label}.stack_s_per_step", round((stamps[-1] - stamps[0]) / max(1, len(stamps) - 1), 3))
+    record(f"{label}.engine_s_per_step", round(sum(engine) / len(engine), 3))
+
+
+def test_grpo_and_ppo_jobs_succeed_learn_and_their_checkpoints_load(stack, tmp_path):
+    submitted_at = time.time()
+    grpo = stack.submit(make_spec(stack, "grpo"))
+    ppo = stack.submit(make_spec(stack, "ppo"))
+    assert grpo["status"] in ("queued", "running") and grpo["queue"] == "cpu"
+    assert_learned_and_downloadable(stack, grpo, GRPO["steps"], tmp_path)
+    assert_learned_and_downloadable(stack, ppo, PPO["steps"], tmp_path)
+    record_timing(stack, grpo, submitted_at, "grpo")
+    record_timing(stack, ppo, submitted_at, "ppo")
+    samples = stack.request("GET", f"/v1/jobs/{grpo['id']}/samples").json()["data"]
+    assert samples and all(s["completion"] is not None for s in samples)
+
+
+def test_openrlhf_reward_protocol(stack, tmp_path):
+    job = stack.submit(make_spec(stack, "grpo", reward="openrlhf"))
+    assert_learned_and_downloadable(stack, job, GRPO["steps"], tmp_path)
+
+
+def test_cancel_a_running_job(stack):
+    job = stack.submit(make_spec(stack, "grpo", steps=200, checkpoint_every=0))
+    wait_for(lambda: stack.metrics(job["id"], "reward/mean"), JOB_TIMEOUT_S, "a first metric", stack)
+    resp = stack.request("POST", f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200, resp.text
+    asked = time.monotonic()
+    done = stack.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, 60)
+    record("cancel.request_to_cancelled_s", round(time.monotonic() - asked, 2))
+    assert done["status"] == "cancelled", done.get("error")
+    assert time.monotonic() - asked < 30
+    count = len(stack.metrics(job["id"]))
+    time.sleep(QUIET_CHECK_S)
+    assert len(stack.metrics(job["id"])) == count, "a metric arrived after the job was cancelled"
+    assert stack.job(job["id"])["status"] == "cancelled"
+    wait_for(lambda: not training_children(), 20, "the training process to exit", stack)
+
+
+def test_sigkill_worker_mid_job_resumes_on_another(stack):
+    steps = 12
+    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=3))
+    wait_for(
+        lambda: (
+            len(stack.metrics(job["id"], "reward/mean")) >= 4
+            and stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
+        ),
+        JOB_TIMEOUT_S,
+        "step 4 and a registered checkpoint",
+        stack,
+    )
+    holder = _holder(stack, job["id"])
+    before = max(m["step"] for m in stack.metrics(job["id"], "reward/mean"))
+    killed_at = time.time()
+    holder.signal_group(signal.SIGKILL)  # the worker and anything in its group, as a lost machine would
+    holder.popen.wait(timeout=10)
+    stack.workers.remove(holder)
+    # Its training process leads its own session: it must die with its supervisor, not train on.
+    wait_for(
+        lambda: not training_children(holder.pid), 10, "the killed worker's training process to die", stack
+    )
+    stack.start_worker(f"worker-{len(stack.procs)}")
+
+    def next_step_seen() -> bool:
+        return any(m["step"] > before for m in stack.metrics(job["id"], "reward/mean"))
+
+    wait_for(next_step_seen, JOB_TIMEOUT_S, "a step after the kill", stack)
+    first_new = min(
+        ts(m["created_at"]) for m in stack.metrics(job["id"], "reward/mean") if m["step"] > before
+    )
+    record("kill.kill_to_next_step_s", round(first_new - killed_at, 2))
+    done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 2
+    assert_one_row_per_step_and_name(stack, job["id"], steps)
+    messages = [e["message"] for e in stack.events(job["id"])]
+    assert any("resumed from checkpoint step-" in m for m in messages), messages
+    # The replayed step's rewards came from the record the first attempt mirrored, not from the endpoint.
+    assert stack.metrics(job["id"], "reward_endpoint/replayed"), "no step reused its recorded rewards"
+
+
+def _holder(stack: Stack, job_id: str):
+    claims = [e["message"] for e in stack.events(job_id) if e["message"].startswith("claimed by ")]
+    pid = int(claims[-1].split()[2].rsplit(":", 1)[1])
+    (holder,) = [w for w in stack.workers if w.pid == pid]
+    return holder
+
+
+def test_reward_endpoint_down_fails_the_job_and_the_worker_serves_on(stack):
+    job = stack.submit(make_spec(stack, "grpo", reward="failing", steps=3))
+    done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    assert done["status"] == "failed"
+    error = done["error"]
+    assert error["code"] == "reward_endpoint_unreachable"
+    assert stack.reward_urls["failing"].rstrip("/") in error["message"] and "500" in error["message"]
+    assert all(w.alive() for w in stack.workers)
+    after = stack.submit(make_spec(stack, "grpo", steps=2, checkpoint_every=0))
+    assert stack.wait_status(after["id"], {"succeeded", "failed"}, JOB_TIMEOUT_S)["status"] == "succeeded"
