@@ -59,8 +59,10 @@ def _client(args: argparse.Namespace) -> api.Client:
     url = getattr(args, "api_url", None) or _settings().api_url
     key = _api_key(args)
     if not key:
-        raise CLIError("no API key: set RLFT_API_KEY (or pass --api-key); create one with "
-                       "`rlft keys create --tenant NAME`")
+        raise CLIError(
+            "no API key: set RLFT_API_KEY (or pass --api-key); create one with "
+            "`rlft keys create --tenant NAME`"
+        )
     return api.Client(url, key)
 
 
@@ -68,8 +70,10 @@ def _explain(exc: api.APIError, url: str) -> str:
     if isinstance(exc, api.APIConnectionError):
         return f"cannot reach the API at {url} — start it with `rlft up` or set RLFT_API_URL"
     if isinstance(exc, api.AuthenticationError):
-        return (f"the API at {url} refused the key (HTTP {exc.status_code}: {exc.message}) — check "
-                "RLFT_API_KEY or create a key with `rlft keys create --tenant NAME`")
+        return (
+            f"the API at {url} refused the key (HTTP {exc.status_code}: {exc.message}) — check "
+            "RLFT_API_KEY or create a key with `rlft keys create --tenant NAME`"
+        )
     code = f" [{exc.code}]" if exc.code else ""
     return f"the API answered HTTP {exc.status_code}{code}: {exc.message}"
 
@@ -89,8 +93,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     if args.quiet:
         sys.stdout.write(key + "\n")  # exactly the key, never wrapped: scripts read it
     else:
-        out.print(f"API key for tenant {args.tenant!r} (shown once, keep it):\n{key}\n\n"
-                  f"export RLFT_API_KEY={key}")
+        out.print(
+            f"API key for tenant {args.tenant!r} (shown once, keep it):\n{key}\n\nexport RLFT_API_KEY={key}"
+        )
     return 0
 
 
@@ -107,16 +112,36 @@ def create_key(tenant: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     # Replace this process with Celery's own worker so that signals reach it unchanged.
     # Solo pool: the task only supervises a spawned training process (never fork: CUDA); one job per slot.
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", args.queues,
-            "--pool", "solo", "--concurrency", str(args.concurrency), "--loglevel", args.log_level.upper()]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        args.queues,
+        "--pool",
+        "solo",
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        args.log_level.upper(),
+    ]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     os.execv(sys.executable, argv)
@@ -237,8 +262,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         table.add_column(name, no_wrap=name != "model", min_width=10 if name == "model" else None)
     for job in page.data:
         created = (job.created_at or "")[:19].replace("T", " ")
-        table.add_row(job.id, job.status, _step_text(job), _metric_text(job, "reward/mean"),
-                      job.model or "", created)
+        table.add_row(
+            job.id, job.status, _step_text(job), _metric_text(job, "reward/mean"), job.model or "", created
+        )
     out.print(table)
     if page.next_after:
         err.print(f"more: `rlft jobs --after {page.next_after}`")
@@ -358,8 +384,14 @@ def _sample_items(spec: dict[str, Any], spec_path: str, n: int = 4) -> list[dict
     for row in rows[:n]:
         prompt = row.get("prompt") or json.dumps(row.get("messages"))
         label = row.get("label")
-        items.append({"prompt": prompt, "completion": str(label) if label is not None else "",
-                      "label": label, "metadata": row.get("metadata") or {}})
+        items.append(
+            {
+                "prompt": prompt,
+                "completion": str(label) if label is not None else "",
+                "label": label,
+                "metadata": row.get("metadata") or {},
+            }
+        )
     return items
 
 
@@ -416,8 +448,9 @@ def _add_stack_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_worker)
     s = sub.add_parser("migrate", help="create or upgrade the database schema")
     s.set_defaults(func=cmd_migrate)
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True,
-                                                                  metavar="ACTION")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
     s = keys.add_parser("create", help="create a key for a tenant (printed once)")
     s.add_argument("--tenant", required=True, help="tenant name (created if new)")
     s.add_argument("--quiet", "-q", action="store_true", help="print only the key")
@@ -459,12 +492,16 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     s.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
     s.add_argument("--output", "-o", required=True, metavar="DIR")
     s.set_defaults(func=cmd_download)
-    reward = sub.add_parser("reward", help="reward endpoints").add_subparsers(dest="reward_command",
-                                                                              required=True, metavar="ACTION")
+    reward = sub.add_parser("reward", help="reward endpoints").add_subparsers(
+        dest="reward_command", required=True, metavar="ACTION"
+    )
     s = reward.add_parser("validate", parents=[conn], help="dry-run the spec's reward endpoint")
     s.add_argument("spec", metavar="SPEC.yaml")
-    s.add_argument("--items", metavar="ITEMS.jsonl",
-                   help="items to score, {prompt, completion, label} a line (default: from the dataset)")
+    s.add_argument(
+        "--items",
+        metavar="ITEMS.jsonl",
+        help="items to score, {prompt, completion, label} a line (default: from the dataset)",
+    )
     s.set_defaults(func=cmd_reward_validate)
     s = sub.add_parser("train", help="train on this machine without the service (--local)")
     s.add_argument("spec", metavar="SPEC.yaml")

@@ -37,8 +37,9 @@ RESTING_STATES = TERMINAL_STATES | {"paused"}
 class APIError(Exception):
     """The API answered with an error (4xx/5xx)."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
-                 body: Any = None):
+    def __init__(
+        self, message: str, *, status_code: int | None = None, code: str | None = None, body: Any = None
+    ):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
@@ -67,8 +68,12 @@ class ValidationError(APIError):
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
-    400: ValidationError, 401: AuthenticationError, 403: AuthenticationError, 404: NotFoundError,
-    409: ConflictError, 422: ValidationError,
+    400: ValidationError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationError,
 }
 
 
@@ -193,8 +198,14 @@ class File(_Model):
 class Client:
     """The API at ``url`` with the tenant key ``key`` (defaults: RLFT_API_URL, RLFT_API_KEY)."""
 
-    def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.url = (url or os.environ.get("RLFT_API_URL") or DEFAULT_URL).rstrip("/")
         self.key = key if key is not None else os.environ.get("RLFT_API_KEY")
         headers = {"User-Agent": "rlft-client/0.1"}
@@ -229,8 +240,9 @@ class Client:
         return resp
 
     def _unreachable(self, exc: Exception) -> APIConnectionError:
-        return APIConnectionError(f"cannot reach the API at {self.url} ({type(exc).__name__}: {exc})",
-                                  code="api_unreachable")
+        return APIConnectionError(
+            f"cannot reach the API at {self.url} ({type(exc).__name__}: {exc})", code="api_unreachable"
+        )
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/healthz")
@@ -265,8 +277,14 @@ class Jobs(_Resource):
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._c.request("GET", f"/v1/jobs/{job_id}"))
 
-    def list(self, *, status: str | None = None, limit: int | None = None, after: str | None = None,
-             metadata: Mapping[str, str] | None = None) -> JobPage:
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> JobPage:
         params: dict[str, Any] = {"status": status, "limit": limit, "after": after}
         params.update({f"metadata.{k}": v for k, v in (metadata or {}).items()})
         body = self._c.request("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None})
@@ -283,8 +301,9 @@ class Jobs(_Resource):
     def resume(self, job_id: str) -> Job:
         return Job.model_validate(self._c.request("POST", f"/v1/jobs/{job_id}/resume"))
 
-    def metrics(self, job_id: str, *, after_step: int | None = None,
-                names: Iterable[str] | None = None) -> list[MetricPoint]:
+    def metrics(
+        self, job_id: str, *, after_step: int | None = None, names: Iterable[str] | None = None
+    ) -> list[MetricPoint]:
         params: dict[str, Any] = {}
         if after_step is not None:
             params["after_step"] = after_step
@@ -306,8 +325,15 @@ class Jobs(_Resource):
         body = self._c.request("GET", f"/v1/jobs/{job_id}/checkpoints")
         return sorted((Checkpoint.model_validate(c) for c in _items(body)), key=lambda c: c.step)
 
-    def stream_events(self, job_id: str, *, last_event_id: str | None = None, reconnect: bool = True,
-                      max_reconnects: int = 20, stop_at_rest: bool = True) -> Iterator[Event]:
+    def stream_events(
+        self,
+        job_id: str,
+        *,
+        last_event_id: str | None = None,
+        reconnect: bool = True,
+        max_reconnects: int = 20,
+        stop_at_rest: bool = True,
+    ) -> Iterator[Event]:
         """Follow the job's Server-Sent Events; yield each event once, in order.
 
         A dropped connection is resumed with ``Last-Event-ID`` so that no point is lost or repeated. The
@@ -327,7 +353,7 @@ class Jobs(_Resource):
                 failures += 1
                 if not reconnect or failures > max_reconnects:
                     raise self._c._unreachable(exc) from exc
-                time.sleep(min(0.2 * 2 ** failures, 5.0))
+                time.sleep(min(0.2 * 2**failures, 5.0))
                 continue
             # The server ended the stream cleanly: done if the job rests, else pick up where we left off.
             if not reconnect or self.get(job_id).status in RESTING_STATES:
@@ -335,8 +361,14 @@ class Jobs(_Resource):
                 return
             time.sleep(0.2)
 
-    def download_checkpoint(self, job_id: str, dest: str | os.PathLike, *, step: int | None = None,
-                            checkpoint_id: str | None = None) -> Path:
+    def download_checkpoint(
+        self,
+        job_id: str,
+        dest: str | os.PathLike,
+        *,
+        step: int | None = None,
+        checkpoint_id: str | None = None,
+    ) -> Path:
         """Write a checkpoint's Hugging Face model directory to ``dest``; the newest unless ``step``.
 
         ``dest`` is then loadable with ``AutoModelForCausalLM.from_pretrained(dest)``. The archive is
@@ -374,8 +406,11 @@ class Jobs(_Resource):
             if c.step == step:
                 return c
         have = ", ".join(str(c.step) for c in ckpts)
-        raise NotFoundError(f"job {job_id} has no checkpoint at step {step} (steps: {have})",
-                            status_code=404, code="not_found")
+        raise NotFoundError(
+            f"job {job_id} has no checkpoint at step {step} (steps: {have})",
+            status_code=404,
+            code="not_found",
+        )
 
 
 class _SSEFollower:
@@ -422,7 +457,7 @@ def _strip_root(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
     kept = []
     for m in members:
         if m.name.startswith(prefix):
-            m.name = m.name[len(prefix):]
+            m.name = m.name[len(prefix) :]
             kept.append(m)
     return kept
 

@@ -67,15 +67,35 @@ class LocalStack:
         with log.open("ab") as out:
             # A session of its own: the group (worker + its training process) is signalled as one, and a
             # Ctrl-C in the terminal reaches only us, so that we stop the children in order.
-            proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         child = Child(name, proc, log)
         self.children.append(child)
         return child
 
     def start_api(self, host: str, port: int) -> str:
-        child = self.spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
-                                   "--host", host, "--port", str(port), "--log-level", "warning"])
+        child = self.spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "service.app:create_app",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+        )
         url = f"http://{host}:{port}"
         self.wait_http(f"{url}/healthz", child)
         return url
@@ -85,8 +105,21 @@ class LocalStack:
 
     def start_reward_server(self, app: str, host: str, port: int) -> str:
         name = "reward-" + app.split(":")[0].rsplit(".", 1)[-1]
-        child = self.spawn(name, [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
-                                  "--log-level", "warning"])
+        child = self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+        )
         url = f"http://{host}:{port}"
         self.wait_http(url, child, any_status=True)  # it serves POST / only: any answer means it is up
         return url
@@ -151,13 +184,15 @@ def run_cli(env: dict[str, str], *args: str) -> str:
 def stack_env(data_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
     """The environment of a local stack: dev mode (generated secrets), embedded database and broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLFT_")}
-    env.update({
-        "RLFT_DATA_DIR": str(data_dir.resolve()),
-        "RLFT_DEV_MODE": "1",
-        "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
-        "RLFT_API_URL": api_url,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "RLFT_DATA_DIR": str(data_dir.resolve()),
+            "RLFT_DEV_MODE": "1",
+            "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
+            "RLFT_API_URL": api_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 

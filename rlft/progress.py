@@ -54,15 +54,22 @@ def make_progress(console: Console) -> Progress:
     )
 
 
-def follow_job(client: Client, job_id: str, *, console: Console | None = None,
-               last_event_id: str | None = None, show_messages: bool = True) -> FollowResult:
+def follow_job(
+    client: Client,
+    job_id: str,
+    *,
+    console: Console | None = None,
+    last_event_id: str | None = None,
+    show_messages: bool = True,
+) -> FollowResult:
     """Show the job's progress until it rests; return its final state and the curves seen on the way."""
     console = console or Console(stderr=True)
     job = client.jobs.get(job_id)
     result = FollowResult(job=job)
     with make_progress(console) as progress:
-        task = progress.add_task(job.status, total=job.total_steps or 1, completed=job.step,
-                                 reward=_fmt(None), kl=_fmt(None))
+        task = progress.add_task(
+            job.status, total=job.total_steps or 1, completed=job.step, reward=_fmt(None), kl=_fmt(None)
+        )
         for event in client.jobs.stream_events(job_id, last_event_id=last_event_id):
             result.events += 1
             _apply(event, progress, task, result, show_messages)
@@ -123,7 +130,7 @@ def _bucket(values: list[float], width: int) -> list[float]:
     if len(values) <= width:
         return values
     n = math.ceil(len(values) / width)
-    return [sum(values[i:i + n]) / len(values[i:i + n]) for i in range(0, len(values), n)]
+    return [sum(values[i : i + n]) / len(values[i : i + n]) for i in range(0, len(values), n)]
 
 
 def reward_rose(points: dict[int, float], *, window: int = 3) -> bool:

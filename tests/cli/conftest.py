@@ -66,8 +66,9 @@ class StandInWorker:
 
     def __init__(self, api: Api):
         self.api = api
-        self.http = httpx.Client(base_url=api.url, timeout=30,
-                                 headers={"Authorization": f"Bearer {api.worker_secret}"})
+        self.http = httpx.Client(
+            base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {api.worker_secret}"}
+        )
 
     def _post(self, job_id: str, what: str, body: dict[str, Any]) -> Any:
         resp = self.http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body)
@@ -79,8 +80,10 @@ class StandInWorker:
         fence = self._post(job_id, "claim", {"worker_id": "stand-in"})["fence"]
         rewards = {s: 0.1 * s for s in range(1, steps + 1)}
         for step, reward in rewards.items():
-            points = [{"step": step, "name": "reward/mean", "value": reward},
-                      {"step": step, "name": "kl/mean", "value": 0.01 * step}]
+            points = [
+                {"step": step, "name": "reward/mean", "value": reward},
+                {"step": step, "name": "kl/mean", "value": 0.01 * step},
+            ]
             self._post(job_id, "metrics", {"fence": fence, "points": points})
         self._post(job_id, "checkpoints", {"fence": fence, **self._checkpoint(job_id, steps)})
         self._post(job_id, "finish", {"fence": fence, "status": "succeeded", "error": None})
@@ -94,11 +97,22 @@ class StandInWorker:
         files = []
         for path in sorted(p for p in location.rglob("*") if p.is_file()):
             data = path.read_bytes()
-            files.append({"path": path.relative_to(location).as_posix(),
-                          "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+            files.append(
+                {
+                    "path": path.relative_to(location).as_posix(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                }
+            )
         manifest = hashlib.sha256(repr(files).encode()).hexdigest()
-        return {"step": step, "location": str(location), "manifest_sha256": manifest,
-                "size_bytes": sum(f["size"] for f in files), "files": files, "metrics": {}}
+        return {
+            "step": step,
+            "location": str(location),
+            "manifest_sha256": manifest,
+            "size_bytes": sum(f["size"] for f in files),
+            "files": files,
+            "metrics": {},
+        }
 
 
 @pytest.fixture(scope="session")

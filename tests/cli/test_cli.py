@@ -102,8 +102,14 @@ def test_reward_validate_dry_runs_the_endpoint(rlft, spec_file, tmp_path, api):
     code, out, _ = rlft("reward", "validate", str(spec_file))
     assert code == 0 and json.loads(out)["ok"] is True
     dead = tmp_path / "dead.yaml"
-    dead.write_text(yaml.safe_dump({**letter_spec(api.reward_url),
-                                    "reward": {"url": f"http://127.0.0.1:{free_port()}", "max_retries": 0}}))
+    dead.write_text(
+        yaml.safe_dump(
+            {
+                **letter_spec(api.reward_url),
+                "reward": {"url": f"http://127.0.0.1:{free_port()}", "max_retries": 0},
+            }
+        )
+    )
     code, out, err = rlft("reward", "validate", str(dead))
     assert code == 1 and "failed the dry run" in err
 

@@ -83,8 +83,9 @@ def test_stream_yields_every_event_once_and_ends_with_the_job(client, finished_j
     job_id, rewards = finished_job
     events = list(client.jobs.stream_events(job_id))
     assert [int(e.id) for e in events] == [int(e.id) for e in client.jobs.events(job_id)]
-    assert {e.metrics()[0]: e.metrics()[1]["reward/mean"] for e in events if e.type == "metrics"} == \
-        pytest.approx(rewards)
+    assert {
+        e.metrics()[0]: e.metrics()[1]["reward/mean"] for e in events if e.type == "metrics"
+    } == pytest.approx(rewards)
     assert events[-1].type == "status" and events[-1].status() == "succeeded"
 
 
@@ -115,8 +116,10 @@ def test_download_writes_a_loadable_model_directory(client, finished_job, tmp_pa
     out = client.jobs.download_checkpoint(job_id, tmp_path / "model")
     source = api.data_dir / "artifacts" / job_id / "step-000003" / "model"
     for path in source.iterdir():
-        assert hashlib.sha256((out / path.name).read_bytes()).digest() == \
-            hashlib.sha256(path.read_bytes()).digest(), path.name
+        assert (
+            hashlib.sha256((out / path.name).read_bytes()).digest()
+            == hashlib.sha256(path.read_bytes()).digest()
+        ), path.name
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_demo_trains_and_the_reward_rises(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLFT_")}
     env["RLFT_DEMO_DIR"] = str(tmp_path / "demo")
-    res = subprocess.run([sys.executable, "-m", "rlft.demo"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=840)
+    res = subprocess.run(
+        [sys.executable, "-m", "rlft.demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=840
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "reward rose: demo passed" in res.stdout
     assert "AutoModelForCausalLM.from_pretrained(" in res.stdout

@@ -58,7 +58,12 @@ def test_configuration_table_lists_every_setting():
 def test_spec_reference_lists_every_field():
     from rlcore.spec import DatasetSpec, Hyperparameters, ModelSpec, ResourcesSpec, RewardSpec
 
-    for prefix, model in (("model.", ModelSpec), ("dataset.", DatasetSpec), ("reward.", RewardSpec),
-                          ("hyperparameters.", Hyperparameters), ("resources.", ResourcesSpec)):
+    for prefix, model in (
+        ("model.", ModelSpec),
+        ("dataset.", DatasetSpec),
+        ("reward.", RewardSpec),
+        ("hyperparameters.", Hyperparameters),
+        ("resources.", ResourcesSpec),
+    ):
         for name in model.model_fields:
             assert f"`{prefix}{name}`" in README, prefix + name
