@@ -252,7 +252,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        page = c.jobs.list(status=args.status, limit=args.limit, after=args.after)
+        page = c.jobs.list(
+            status=args.status, limit=args.limit, after=args.after, metadata=_pairs(args.metadata)
+        )
     if args.json:
         out.print_json(page.model_dump_json())
         return 0
@@ -269,6 +271,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if page.next_after:
         err.print(f"more: `rlft jobs --after {page.next_after}`")
     return 0
+
+
+def _pairs(items: list[str] | None) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--metadata takes KEY=VALUE (got {item!r})")
+        pairs[key] = value
+    return pairs
 
 
 def _step_text(job: api.Job) -> str:
@@ -299,7 +311,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.follow:
             return _follow(c, args.job)
-        for event in c.jobs.events(args.job):
+        for event in c.jobs.iter_events(args.job):
             out.print(_event_line(event), markup=False)
     return 0
 
@@ -469,6 +481,7 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     s.add_argument("--status", help="only jobs in this state")
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--after", help="the cursor a previous page printed")
+    s.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="only jobs with this metadata")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_jobs)
     s = sub.add_parser("status", parents=[conn], help="one job: state, step, latest metrics, error")

@@ -302,11 +302,15 @@ class Jobs(_Resource):
         return Job.model_validate(self._c.request("POST", f"/v1/jobs/{job_id}/resume"))
 
     def metrics(
-        self, job_id: str, *, after_step: int | None = None, names: Iterable[str] | None = None
+        self,
+        job_id: str,
+        *,
+        after_step: int | None = None,
+        names: Iterable[str] | None = None,
+        limit: int | None = None,
     ) -> list[MetricPoint]:
-        params: dict[str, Any] = {}
-        if after_step is not None:
-            params["after_step"] = after_step
+        params: dict[str, Any] = {"after_step": after_step, "limit": limit}
+        params = {k: v for k, v in params.items() if v is not None}
         if names:
             params["names"] = ",".join(names)
         body = self._c.request("GET", f"/v1/jobs/{job_id}/metrics", params=params)
@@ -316,6 +320,18 @@ class Jobs(_Resource):
         params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
         body = self._c.request("GET", f"/v1/jobs/{job_id}/events", params=params)
         return [Event.model_validate(e) for e in _items(body)]
+
+    def iter_events(self, job_id: str, *, after: str | int | None = None) -> Iterator[Event]:
+        """Every event after ``after`` (default: all), fetching page after page."""
+        while True:
+            body = self._c.request(
+                "GET", f"/v1/jobs/{job_id}/events", params={} if after is None else {"after": after}
+            )
+            page = [Event.model_validate(e) for e in _items(body)]
+            yield from page
+            if not page or not (isinstance(body, dict) and body.get("has_more")):
+                return
+            after = page[-1].id
 
     def samples(self, job_id: str, *, step: int | None = None) -> list[dict[str, Any]]:
         params = {"step": step} if step is not None else {}
@@ -442,7 +458,7 @@ class _SSEFollower:
 
     def drain(self) -> Iterator[Event]:
         """Events written between the stream's close and the job's end (polling, after the last id)."""
-        for event in Jobs(self._c).events(self._job_id, after=self.last_event_id):
+        for event in Jobs(self._c).iter_events(self._job_id, after=self.last_event_id):
             if event.id is not None:
                 self.last_event_id = str(event.id)
             yield event

@@ -54,6 +54,16 @@ def test_submit_list_status_cancel(rlft, spec_file):
     assert json.loads(out)["status"] == "cancelled"
 
 
+def test_jobs_filters_on_metadata(rlft, api, tmp_path):
+    spec = tmp_path / "tagged.yaml"
+    spec.write_text(yaml.safe_dump({**letter_spec(api.reward_url), "metadata": {"team": "tagged"}}))
+    job_id = rlft("submit", str(spec))[1].strip()
+    code, out, _ = rlft("jobs", "--metadata", "team=tagged", "--json")
+    assert code == 0 and [j["id"] for j in json.loads(out)["data"]] == [job_id]
+    code, _, err = rlft("jobs", "--metadata", "team")
+    assert code == 1 and "KEY=VALUE" in err
+
+
 def test_submit_with_a_dataset_file_uploads_it_first(rlft, spec_file, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": f"Q{i}:", "label": "a"}) for i in range(5)) + "\n")
