@@ -16,7 +16,7 @@ from service import reaper
 from service.crypto import HeaderCipher
 from service.db import make_engine, make_session_factory, migrate
 from service.errors import ApiError
-from service.observability import LatencyMiddleware, Observability
+from service.observability import BodyLimitMiddleware, LatencyMiddleware, Observability
 from service.queue import JobQueue
 from service.routers import files, health, internal, jobs, rewards
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     worker_secret = settings.resolved_worker_secret()
     cipher = HeaderCipher(settings.resolved_encryption_key())
     if settings.is_sqlite:
-        # The embedded default needs no separate migration step; Postgres is migrated by `rlft db upgrade`.
+        # The embedded default needs no separate migration step; Postgres is migrated by `rlft migrate`.
         migrate(settings)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.worker_secret = worker_secret
     app.state.queue = JobQueue(settings)
     app.state.observability = Observability(app.state.read_session_factory)
+    # Multipart framing adds a little to the largest upload; no other body comes near it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(LatencyMiddleware, observability=app.state.observability)
     _add_error_handlers(app)
     for module in (jobs, files, rewards, health, internal):

@@ -168,9 +168,7 @@ def _bench_ingest(base: str, tenant: dict, worker: dict, batches: int, size: int
             body = {"fence": fence, "points": points[b * size : (b + 1) * size]}
             c.post(f"/internal/v1/jobs/{jid}/metrics", json=body, headers=worker).raise_for_status()
         elapsed = time.perf_counter() - start
-    print(
-        f"metric ingestion: {batches * size / elapsed:,.0f} points/s ({batches} batches of {size})"
-    )
+    print(f"metric ingestion: {batches * size / elapsed:,.0f} points/s ({batches} batches of {size})")
 
 
 def _bench_sse(base: str, tenant: dict, worker: dict, n: int) -> None:

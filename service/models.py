@@ -183,7 +183,12 @@ class Metric(Base):
 
 
 class Event(Base):
-    """A job event; ``id`` only grows, and is the cursor of polling and of SSE (``Last-Event-ID``)."""
+    """A job event; ``id`` only grows, and is the cursor of polling and of SSE (``Last-Event-ID``).
+
+    Every writer of a job's events holds that job's row lock (``FOR UPDATE``; SQLite serialises all
+    writers), so one job's events become visible in id order and a reader never skips a later-committed
+    smaller id.
+    """
 
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)

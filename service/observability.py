@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import crud
@@ -74,3 +75,31 @@ class LatencyMiddleware:
             self.obs.latency.labels(scope["method"], template, str(status["code"])).observe(
                 time.perf_counter() - start
             )
+
+
+class BodyLimitMiddleware:
+    """413 for a request whose Content-Length exceeds the limit, before any of it is read.
+
+    (A chunked body carries no length; uploads also count bytes as they are validated.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                response = JSONResponse(
+                    {
+                        "detail": {
+                            "code": "request_too_large",
+                            "message": f"requests are limited to {self.max_bytes} bytes",
+                        }
+                    },
+                    status_code=413,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -197,3 +197,25 @@ def test_odd_worker_items_do_not_sink_a_batch(client: TestClient, alice: dict) -
     last = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).json()["data"][-1]
     assert last["level"] == "warning" and len(last["message"]) == 10_000
     assert client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()["data"][0]["name"] == "a"
+
+
+def test_the_app_runs_the_reaper_in_the_background(settings: Settings, alice: dict) -> None:
+    import time
+
+    from service.app import create_app
+
+    live = settings.model_copy(update={"run_background_tasks": True, "reaper_interval_s": 0.1})
+    with TestClient(create_app(live)) as client:
+        jid = create_job(client, alice)["id"]
+        claim(client, jid)
+        expire_lease(settings, jid)
+        deadline = time.monotonic() + 10
+        while client.get(f"/v1/jobs/{jid}", headers=alice).json()["status"] != "queued":
+            assert time.monotonic() < deadline, "the background reaper did not requeue the job"
+            time.sleep(0.1)
+
+
+def test_oversized_requests_answer_413(client: TestClient, alice: dict, settings: Settings) -> None:
+    huge = str(settings.max_upload_bytes + 2 * 1024 * 1024)
+    r = client.post("/v1/jobs", content=b"{}", headers={**alice, "Content-Length": huge})
+    assert r.status_code == 413 and r.json()["detail"]["code"] == "request_too_large"
