@@ -14,6 +14,8 @@ from service import crud
 from service.errors import Invalid
 from service.models import Tenant
 
+MAX_INLINE_ROWS = 10_000
+
 
 def check_reward_url(url: str | None, settings: Settings, field: str = "reward.url") -> None:
     if not url:
@@ -28,9 +30,12 @@ def check_reward_url(url: str | None, settings: Settings, field: str = "reward.u
 
 def check_dataset(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:
     ds = spec.dataset
-    if ds.rows is not None and len(ds.rows) > settings.max_dataset_rows:
+    if ds.rows is not None and len(ds.rows) > min(MAX_INLINE_ROWS, settings.max_dataset_rows):
+        # Inline rows travel in every GET of the job; a big dataset belongs in a file.
         raise Invalid(
-            f"dataset.rows has {len(ds.rows)} rows; the limit is {settings.max_dataset_rows}: send fewer",
+            f"dataset.rows has {len(ds.rows)} rows; inline datasets hold at most "
+            f"{min(MAX_INLINE_ROWS, settings.max_dataset_rows)}: upload a JSONL file with POST /v1/files "
+            "and use dataset.file_id",
             field="dataset.rows",
         )
     if ds.file_id is not None and crud.file_for_tenant(session, tenant.id, ds.file_id) is None:

@@ -178,3 +178,10 @@ def test_unauthenticated_requests_get_401(client: TestClient) -> None:
     assert client.get("/v1/jobs").status_code == 401
     r = client.get("/v1/jobs", headers={"Authorization": "Bearer rlft_wrong"})
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_big_inline_datasets_are_sent_to_files(client: TestClient, alice: dict) -> None:
+    rows = [{"prompt": f"q{i}"} for i in range(10_001)]
+    r = client.post("/v1/jobs", json=job_body(dataset={"rows": rows}), headers=alice)
+    assert r.status_code == 422
+    assert r.json()["detail"]["field"] == "dataset.rows" and "POST /v1/files" in r.json()["detail"]["message"]
