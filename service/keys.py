@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from rlft.settings import Settings
@@ -33,6 +33,8 @@ def create_api_key(session_or_settings: Session | Settings, tenant_name: str) ->
 
     engine = make_engine(session_or_settings.database_url)
     try:
+        if not inspect(engine).has_table("api_keys"):
+            raise RuntimeError("the database has no tables yet: run `rlft migrate` first")
         with session_scope(make_session_factory(engine)) as session:
             return _create(session, tenant_name)
     finally:

@@ -114,3 +114,10 @@ def test_readyz_reports_an_unreachable_broker(settings: Settings) -> None:
     with TestClient(create_app(down)) as client:
         r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"] == {"database": True, "broker": False}
+
+
+def test_keys_on_an_unmigrated_database_say_what_to_do(tmp_path: Path) -> None:
+    from service.keys import create_api_key
+
+    with pytest.raises(RuntimeError, match="rlft migrate"):
+        create_api_key(Settings(data_dir=tmp_path, dev_mode=True), "alice")
