@@ -1,17 +1,26 @@
-"""A real API process (uvicorn) on SQLite, a real reward server, and a stand-in worker that speaks the
-documented worker protocol (/internal/v1) so that jobs get metrics, checkpoints and a final state without
-training anything. Shared by the client and CLI tests of this folder."""
+"""A real API process (uvicorn), a real reward server, and a stand-in worker that speaks the documented
+worker protocol (/internal/v1) so that jobs get metrics, checkpoints and a final state without training
+anything. Shared by the client and CLI tests of this folder.
+
+The API runs on the embedded defaults (SQLite database and broker), and a second time on Postgres and Redis
+when ``RLFT_TEST_DATABASE_URL`` and ``RLFT_TEST_REDIS_URL`` are set: a database of its own, created and
+dropped here, and a Redis database number of its own, flushed before and after.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -19,6 +28,7 @@ import pytest
 from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI_REDIS_DB = 13  # the e2e tests use 14
 
 
 @dataclass
@@ -29,25 +39,58 @@ class Api:
     worker_secret: str
     reward_url: str
     data_dir: Path
+    backends: dict[str, str]  # RLFT_DATABASE_URL / RLFT_BROKER_URL when not the embedded defaults
 
 
-@pytest.fixture(scope="session")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     from rlft.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 
-    data = tmp_path_factory.mktemp("rlft-api")
-    port = free_port()
-    worker_secret = secrets.token_urlsafe(32)
-    env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret)
-    settings = Settings(data_dir=data, dev_mode=True)
-    migrate(settings)
-    keys = create_api_key(settings, "tenant-a"), create_api_key(settings, "tenant-b")
-    with LocalStack(env=env, log_dir=data / "logs") as stack:
-        url = stack.start_api("127.0.0.1", port)
-        reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
-        yield Api(url, keys[0], keys[1], worker_secret, reward, data)
+    with _backends(request.param) as backends:
+        data = tmp_path_factory.mktemp("rlft-api")
+        port = free_port()
+        worker_secret = secrets.token_urlsafe(32)
+        env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret, **backends)
+        settings = Settings(data_dir=data, dev_mode=True, **{k[5:].lower(): v for k, v in backends.items()})
+        migrate(settings)
+        keys = create_api_key(settings, "tenant-a"), create_api_key(settings, "tenant-b")
+        with LocalStack(env=env, log_dir=data / "logs") as stack:
+            url = stack.start_api("127.0.0.1", port)
+            reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
+            yield Api(url, keys[0], keys[1], worker_secret, reward, data, backends)
+
+
+@contextmanager
+def _backends(kind: str) -> Iterator[dict[str, str]]:
+    """RLFT_* settings of the database and broker: none for the embedded defaults."""
+    if kind == "embedded":
+        yield {}
+        return
+    db_url, redis_url = os.environ.get("RLFT_TEST_DATABASE_URL"), os.environ.get("RLFT_TEST_REDIS_URL")
+    if not (db_url and redis_url):
+        pytest.skip("RLFT_TEST_DATABASE_URL and RLFT_TEST_REDIS_URL are not set")
+    import psycopg
+    import redis
+
+    name = f"rlft_cli_{uuid.uuid4().hex[:10]}"
+    admin = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    broker = urlunsplit(urlsplit(redis_url)._replace(path=f"/{CLI_REDIS_DB}"))
+    queue = redis.Redis.from_url(broker)
+    queue.flushdb()
+    try:
+        yield {
+            "RLFT_DATABASE_URL": urlunsplit(urlsplit(db_url)._replace(path=f"/{name}")),
+            "RLFT_BROKER_URL": broker,
+        }
+    finally:
+        queue.flushdb()
+        queue.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def letter_spec(reward_url: str, **hyperparameters: Any) -> dict[str, Any]:

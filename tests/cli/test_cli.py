@@ -157,6 +157,8 @@ def test_train_needs_local(rlft, spec_file):
 
 def test_keys_create_quiet_prints_only_the_key(rlft, monkeypatch, api):
     monkeypatch.setenv("RLFT_DATA_DIR", str(api.data_dir))
+    for name, value in api.backends.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     code, out, _ = rlft("keys", "create", "--tenant", "tenant-c", "--quiet")
     assert code == 0 and out.startswith("rlft_") and len(out.split()) == 1
