@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Items per request, per kind: a checkpoint registration is one request each (its body is the item).
 BATCH_LIMITS = {"metrics": 500, "events": 100, "samples": 100, "checkpoints": 1}
+# A batch the service answers with HTTP 500 this many times in a row is a poison batch, not an outage
+# (outages look like refused connections, 502, 503, 504): it is split, then its bad item dropped.
+POISON_AFTER = 3
 _LIST_FIELD = {"metrics": "points", "events": "events", "samples": "samples"}
 
 
@@ -36,6 +39,10 @@ class LeaseLost(Exception):
 
 class ServiceUnavailable(Exception):
     """The service could not be reached or answered 429/5xx; the same call may succeed later."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # None: no answer at all (connection refused, timeout)
 
 
 class ServiceRejected(Exception):
@@ -66,7 +73,7 @@ class ServiceClient:
         if resp.status_code == 409:
             raise LeaseLost(f"{action}: 409 {_detail(resp)}")
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise ServiceUnavailable(f"{action}: HTTP {resp.status_code} {_detail(resp)}")
+            raise ServiceUnavailable(f"{action}: HTTP {resp.status_code} {_detail(resp)}", resp.status_code)
         if resp.status_code >= 400:
             raise ServiceRejected(f"{action}: HTTP {resp.status_code} {_detail(resp)}")
         return resp.json() if resp.content else {}
@@ -106,8 +113,11 @@ class Relay:
         self._backoff_max = backoff_max_s
         self._clock = clock
         self._failures = 0
+        self._errors_500 = 0
+        self._singles_left = 0  # after a split: items still to send one per request
         self._next_try = 0.0
         self.last_error: str | None = None
+        self.dropped = 0
 
     def add(self, kind: str, item: dict[str, Any]) -> None:
         if kind not in BATCH_LIMITS:
@@ -130,16 +140,40 @@ class Relay:
             try:
                 self.client.call(kind, self._body(kind, items))
             except ServiceUnavailable as exc:
-                self._back_off(str(exc))
-                return False
+                if not self._poisoned(exc, kind, items):
+                    self._back_off(str(exc))
+                    return False
             except ServiceRejected as exc:
                 # A malformed batch would block everything behind it forever; drop it, loudly.
-                log.error("job %s: the service refused %d %s: %s", self.client.job_id, len(items), kind, exc)
-            for _ in items:
-                self._queue.popleft()
-            self._failures = 0
+                self._drop(kind, items, exc)
+            else:
+                self._singles_left = max(0, self._singles_left - len(items))
+                for _ in items:
+                    self._queue.popleft()
+            self._failures = self._errors_500 = 0
             self.last_error = None
         return True
+
+    def _poisoned(self, exc: ServiceUnavailable, kind: str, items: list[dict[str, Any]]) -> bool:
+        """Count repeated 500s on one batch; split it, then drop its single bad item. True when dropped."""
+        self._errors_500 = self._errors_500 + 1 if exc.status == 500 else 0
+        if self._errors_500 < POISON_AFTER:
+            return False
+        if len(items) > 1:
+            # Send the batch's items one by one: the bad one is found and dropped, the rest go through.
+            self._singles_left, self._errors_500, self._failures = len(items), 0, 0
+            return False
+        self._drop(kind, items, exc)
+        return True
+
+    def _drop(self, kind: str, items: list[dict[str, Any]], exc: Exception) -> None:
+        log.error(
+            "job %s: dropped %d %s the service cannot take: %s", self.client.job_id, len(items), kind, exc
+        )
+        for _ in items:
+            self._queue.popleft()
+        self._singles_left = max(0, self._singles_left - len(items))
+        self.dropped += len(items)
 
     def drain(self, timeout_s: float) -> bool:
         """Flush until the buffer is empty or ``timeout_s`` passed; True when everything was sent."""
@@ -154,7 +188,7 @@ class Relay:
         kind = self._queue[0][0]
         items: list[dict[str, Any]] = []
         for k, item in self._queue:
-            if k != kind or len(items) >= BATCH_LIMITS[kind]:
+            if k != kind or len(items) >= (1 if self._singles_left else BATCH_LIMITS[kind]):
                 break
             items.append(item)
         return kind, items

@@ -92,3 +92,27 @@ def test_unknown_kind_is_refused(recording_server):
     relay = Relay(_client(recording_server), fence=1)
     with pytest.raises(ValueError, match="unknown relay kind"):
         relay.add("bogus", {})
+
+
+def test_a_batch_the_service_keeps_failing_with_500_is_split_and_only_its_bad_item_dropped(recording_server):
+    recording_server.start()
+    # The batch fails 3 times; then one by one: item 0 passes, item 1 fails 3 times, item 2 passes.
+    recording_server.script = [500, 500, 500, 200, 500, 500, 500, 200]
+    relay = Relay(_client(recording_server), fence=1, backoff_initial_s=0.01, backoff_max_s=0.02)
+    for i in range(3):
+        relay.add("samples", {"step": 1, "index": i})
+    relay.add("events", {"level": "info", "type": "message", "message": "after", "data": {}})
+    assert relay.drain(timeout_s=10)
+    assert relay.dropped == 1
+    sent = [(p.rsplit("/", 1)[1], b) for p, _, b in recording_server.requests]
+    assert [len(b["samples"]) for kind, b in sent if kind == "samples"] == [3, 3, 3, 1, 1, 1, 1, 1]
+    assert sent[-1][0] == "events"
+
+
+def test_an_outage_never_drops_anything(recording_server):
+    recording_server.start()
+    recording_server.script = [503] * 8 + [502] * 4
+    relay = Relay(_client(recording_server), fence=1, backoff_initial_s=0.005, backoff_max_s=0.01)
+    relay.add("metrics", {"step": 1, "name": "a", "value": 1.0})
+    assert relay.drain(timeout_s=10)
+    assert relay.dropped == 0 and len(recording_server.requests) == 13
