@@ -26,8 +26,8 @@ RUN mkdir -p rlcore service worker rlft && touch rlcore/__init__.py service/__in
 COPY . .
 RUN pip install --no-deps -e . \
     && useradd --create-home --uid 1000 rlft \
-    && mkdir -p /data /artifacts /cache/huggingface \
-    && chown -R rlft:rlft /data /artifacts /cache /app
+    && mkdir -p /data /artifacts /cache/huggingface /gpu-locks \
+    && chown -R rlft:rlft /data /artifacts /cache /gpu-locks /app
 USER rlft
 
 EXPOSE 8000

@@ -8,8 +8,10 @@ error is one line that says what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -124,28 +126,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    # Replace this process with Celery's own worker so that signals reach it unchanged.
-    # Solo pool: the task only supervises a spawned training process (never fork: CUDA); one job per slot.
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        args.queues,
-        "--pool",
-        "solo",
-        "--concurrency",
-        str(args.concurrency),
-        "--loglevel",
-        args.log_level.upper(),
-    ]
+    env = dict(os.environ)
+    if args.gpus:
+        lock_dir = Path(args.gpu_lock_dir) if args.gpu_lock_dir else _settings().data_dir / "gpu-locks"
+        gpus = claim_gpus(args.gpus, lock_dir, visible_gpus())
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        err.print(f"worker: using GPU(s) {env['CUDA_VISIBLE_DEVICES']}")
+    # Solo pool: one job at a time, the task only supervising a spawned training process (never fork:
+    # CUDA). Celery replaces this process so that signals reach it unchanged (and the GPU locks stay held).
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", args.queues]
+    argv += ["--pool", "solo", "--loglevel", args.log_level.upper()]
     if args.hostname:
         argv += ["--hostname", args.hostname]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env)
     return 1  # unreachable
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine (or container) shows: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's UUIDs."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CLIError("--gpus: no GPU found (nvidia-smi failed); set CUDA_VISIBLE_DEVICES") from exc
+    return [line.strip() for line in listed.splitlines() if line.strip()]
+
+
+def claim_gpus(count: int, lock_dir: Path, candidates: list[str]) -> list[str]:
+    """Take ``count`` GPUs no other worker holds, with an exclusive lock file per GPU in ``lock_dir``.
+
+    Workers on one machine (``--scale worker=N`` with every GPU visible to each) share ``lock_dir``; each
+    ends up with GPUs of its own. The locks are inherited by the worker process and released by the kernel
+    when it exits, however it exits.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    taken: list[tuple[str, int]] = []
+    for gpu in candidates:
+        fd = os.open(lock_dir / f"{gpu.replace('/', '_')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        taken.append((gpu, fd))
+        if len(taken) == count:
+            return [g for g, _ in taken]
+    for _, fd in taken:
+        os.close(fd)
+    raise CLIError(
+        f"--gpus {count}: only {len(taken)} of the {len(candidates)} GPU(s) here are free "
+        f"(locks in {lock_dir}); stop a worker or ask for fewer"
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -454,7 +493,10 @@ def _add_stack_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("worker", help="run a Celery worker that trains jobs")
     s.add_argument("--queues", default="gpu,cpu", help="comma-separated queues (default: gpu,cpu)")
-    s.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU slot)")
+    s.add_argument(
+        "--gpus", type=int, default=0, help="take N GPUs no other worker here holds (default: all visible)"
+    )
+    s.add_argument("--gpu-lock-dir", help="lock files shared by the workers of one machine")
     s.add_argument("--hostname", help="Celery node name (default: celery@HOST)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_worker)

@@ -8,6 +8,7 @@ device reservation on a scalable worker, health checks, volumes, and start-up or
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -35,12 +36,25 @@ def test_the_deployment_has_its_five_services(compose):
     assert {"postgres", "redis", "migrate", "api", "worker"} <= set(compose["services"])
 
 
-def test_worker_reserves_an_nvidia_gpu_and_can_be_scaled(compose):
+def test_worker_reserves_nvidia_gpus_and_can_be_scaled(compose):
     worker = compose["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     # --scale worker=N fails on a fixed container name or a published host port.
     assert "container_name" not in worker and "ports" not in worker
+    # Replicas on one machine take distinct GPUs through locks on a volume they share.
+    args = _parse(worker["command"])
+    assert args.gpus >= 1 and args.gpu_lock_dir
+    assert any(v.endswith(":" + args.gpu_lock_dir) for v in worker["volumes"])
+
+
+def test_reward_url_policy_is_the_same_for_api_and_worker(compose):
+    api_env, worker_env = (
+        compose["services"]["api"]["environment"],
+        compose["services"]["worker"]["environment"],
+    )
+    for name in ("RLFT_REWARD_URL_ALLOWLIST", "RLFT_ALLOW_PRIVATE_REWARD_URLS"):
+        assert api_env[name] == worker_env[name]
 
 
 def test_workers_hold_no_database_credentials(compose):
@@ -77,13 +91,17 @@ def test_database_and_artifacts_live_on_named_volumes(compose):
     assert services["api"]["environment"]["RLFT_ARTIFACT_STORE"] == "/artifacts"
 
 
-def test_service_commands_are_real_cli_commands(compose):
+def _parse(argv: list[str]):
+    """The CLI's reading of a compose command, ${VAR:-default} taken at its default."""
     from rlft.cli import _parser
 
+    assert argv[0] == "rlft"
+    return _parser().parse_args([re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", a) for a in argv[1:]])
+
+
+def test_service_commands_are_real_cli_commands(compose):
     for name in ("migrate", "api", "worker"):
-        argv = compose["services"][name]["command"]
-        assert argv[0] == "rlft", name
-        _parser().parse_args(argv[1:])  # a usage error exits 2 and fails the test
+        _parse(compose["services"][name]["command"])  # a usage error exits 2 and fails the test
 
 
 def test_dockerfile_installs_torch_first_and_runs_unprivileged():
