@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from service.db import migrate
 
     settings = _settings()
-    migrate(settings)
+    with _database_errors(settings.database_url):
+        migrate(settings)
     err.print(f"database at {_redact(settings.database_url)} is up to date")
     return 0
+
+
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """Turn a missing database or schema into one line that says what to do."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if "no such table" in reason or "does not exist" in reason and "relation" in reason:
+            raise CLIError(f"the database at {_redact(url)} has no schema yet: run `rlft migrate`") from exc
+        raise CLIError(
+            f"cannot use the database at {_redact(url)}: {reason} (check RLFT_DATABASE_URL)"
+        ) from exc
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -105,9 +123,11 @@ def create_key(tenant: str) -> str:
     """A new API key for ``tenant`` (created if new), through the service's own key store."""
     from service.keys import create_api_key
 
+    settings = _settings()
     try:
-        return create_api_key(_settings(), tenant)
-    except ValueError as exc:
+        with _database_errors(settings.database_url):
+            return create_api_key(settings, tenant)
+    except (ValueError, RuntimeError) as exc:  # a bad tenant name; a database without its schema
         raise CLIError(str(exc)) from exc
 
 

@@ -144,17 +144,6 @@ def test_no_key_at_all_says_how_to_get_one(rlft, monkeypatch):
     assert code == 1 and "rlft keys create --tenant NAME" in err
 
 
-def test_usage_errors_exit_2(rlft):
-    with pytest.raises(SystemExit) as info:
-        rlft("download", "job_x")  # -o DIR is required
-    assert info.value.code == 2
-
-
-def test_train_needs_local(rlft, spec_file):
-    code, _, err = rlft("train", str(spec_file))
-    assert code == 1 and "--local" in err
-
-
 def test_keys_create_quiet_prints_only_the_key(rlft, monkeypatch, api):
     monkeypatch.setenv("RLFT_DATA_DIR", str(api.data_dir))
     for name, value in api.backends.items():

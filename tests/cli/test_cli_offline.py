@@ -1,0 +1,64 @@
+"""CLI errors that need no server: each is one line that says what to do, with exit code 1 (2 for usage)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlft.cli import main
+from rlft.demo import free_port
+from rlft.settings import get_settings
+
+
+@pytest.fixture
+def rlft(monkeypatch, tmp_path, capsys):
+    for name in ("RLFT_API_URL", "RLFT_API_KEY", "RLFT_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RLFT_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str]:
+        get_settings.cache_clear()
+        capsys.readouterr()
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_keys_before_migrate_says_to_migrate(rlft):
+    code, err = rlft("keys", "create", "--tenant", "acme")
+    assert code == 1 and err.strip() == "error: the database has no tables yet: run `rlft migrate` first"
+
+
+def test_migrate_then_keys_works_on_the_embedded_database(rlft, capsys):
+    assert rlft("migrate")[0] == 0
+    assert rlft("keys", "create", "--tenant", "acme")[0] == 0
+
+
+def test_an_unreachable_database_names_the_variable_and_hides_the_password(rlft, monkeypatch):
+    monkeypatch.setenv("RLFT_DATABASE_URL", f"postgresql://me:s3cret@127.0.0.1:{free_port()}/db")
+    code, err = rlft("migrate")
+    assert code == 1 and "RLFT_DATABASE_URL" in err and "s3cret" not in err and err.count("\n") == 1
+
+
+def test_a_bad_setting_is_one_line(rlft, monkeypatch):
+    monkeypatch.setenv("RLFT_API_URL", "localhost:8000")
+    code, err = rlft("jobs", "--api-key", "k")
+    assert code == 1 and "RLFT_API_URL must start with http://" in err
+
+
+def test_a_missing_spec_file(rlft, tmp_path):
+    code, err = rlft("submit", str(tmp_path / "nope.yaml"), "--api-key", "k")
+    assert code == 1 and err.strip() == f"error: no such spec file: {tmp_path / 'nope.yaml'}"
+
+
+def test_train_needs_local(rlft, tmp_path):
+    code, err = rlft("train", str(tmp_path / "spec.yaml"))
+    assert code == 1 and "--local" in err
+
+
+def test_usage_errors_exit_2(rlft):
+    with pytest.raises(SystemExit) as info:
+        rlft("download", "job_x")  # -o DIR is required
+    assert info.value.code == 2
