@@ -363,7 +363,7 @@ class Jobs(_Resource):
                 for event in follower.read_once():
                     failures = 0
                     yield event
-                    if stop_at_rest and event.type == "status" and event.status() in RESTING_STATES:
+                    if stop_at_rest and self._rests(job_id, event):
                         return
             except (httpx.TransportError, APIConnectionError) as exc:
                 failures += 1
@@ -376,6 +376,14 @@ class Jobs(_Resource):
                 yield from follower.drain()
                 return
             time.sleep(0.2)
+
+    def _rests(self, job_id: str, event: Event) -> bool:
+        """Is this status event where following ends? A replayed "paused" may have been resumed since:
+        it ends the stream only when nothing came after it."""
+        status = event.status() if event.type == "status" else None
+        if status in TERMINAL_STATES:
+            return True
+        return status in RESTING_STATES and not self.events(job_id, after=event.id, limit=1)
 
     def download_checkpoint(
         self,

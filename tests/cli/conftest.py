@@ -118,18 +118,27 @@ class StandInWorker:
         assert resp.status_code == 200, resp.text
         return resp.json()
 
+    def claim(self, job_id: str) -> int:
+        return self._post(job_id, "claim", {"worker_id": "stand-in"})["fence"]
+
+    def report(self, job_id: str, fence: int, step: int, reward: float) -> None:
+        points = [
+            {"step": step, "name": "reward/mean", "value": reward},
+            {"step": step, "name": "kl/mean", "value": 0.01 * step},
+        ]
+        self._post(job_id, "metrics", {"fence": fence, "points": points})
+
+    def finish(self, job_id: str, fence: int, status: str = "succeeded") -> None:
+        self._post(job_id, "finish", {"fence": fence, "status": status, "error": None})
+
     def run(self, job_id: str, steps: int = 3) -> dict[int, float]:
         """Report ``steps`` steps with a rising reward and a checkpoint of a real tiny model at the last."""
-        fence = self._post(job_id, "claim", {"worker_id": "stand-in"})["fence"]
+        fence = self.claim(job_id)
         rewards = {s: 0.1 * s for s in range(1, steps + 1)}
         for step, reward in rewards.items():
-            points = [
-                {"step": step, "name": "reward/mean", "value": reward},
-                {"step": step, "name": "kl/mean", "value": 0.01 * step},
-            ]
-            self._post(job_id, "metrics", {"fence": fence, "points": points})
+            self.report(job_id, fence, step, reward)
         self._post(job_id, "checkpoints", {"fence": fence, **self._checkpoint(job_id, steps)})
-        self._post(job_id, "finish", {"fence": fence, "status": "succeeded", "error": None})
+        self.finish(job_id, fence)
         return rewards
 
     def _checkpoint(self, job_id: str, step: int) -> dict[str, Any]:

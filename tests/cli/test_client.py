@@ -16,7 +16,7 @@ from rlft.client import (
     ValidationError,
 )
 from rlft.demo import free_port
-from tests.cli.conftest import DroppingProxy, letter_spec
+from tests.cli.conftest import DroppingProxy, StandInWorker, letter_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +100,32 @@ def test_stream_resumes_after_a_dropped_connection_without_losing_points(api, cl
         proxy.close()
     assert proxy.connections >= 2  # the first was cut, so the client came back
     assert got == expected
+
+
+def test_the_stream_of_a_paused_job_ends_at_the_pause(client, api):
+    job = client.jobs.create(letter_spec(api.reward_url))
+    worker = StandInWorker(api)
+    fence = worker.claim(job.id)
+    client.jobs.pause(job.id)
+    worker.finish(job.id, fence, "paused")
+    assert [e.status() for e in client.jobs.stream_events(job.id)][-1] == "paused"
+
+
+def test_a_pause_that_was_resumed_does_not_end_the_stream(client, api):
+    job = client.jobs.create(letter_spec(api.reward_url))
+    worker = StandInWorker(api)
+    fence = worker.claim(job.id)
+    worker.report(job.id, fence, 1, 0.1)
+    assert client.jobs.pause(job.id).status == "pausing"
+    worker.finish(job.id, fence, "paused")
+    assert client.jobs.resume(job.id).status == "queued"
+    fence = worker.claim(job.id)
+    worker.report(job.id, fence, 2, 0.2)
+    worker.finish(job.id, fence)
+    events = list(client.jobs.stream_events(job.id))
+    assert "paused" in [e.status() for e in events]  # replayed, and followed past
+    assert [e.metrics()[0] for e in events if e.type == "metrics"] == [1, 2]
+    assert events[-1].status() == "succeeded"
 
 
 def test_stream_starts_after_a_given_event_id(client, finished_job):
