@@ -260,24 +260,27 @@ def _print_up(url: str, key: str, reward: str | None, log_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- job commands
-def _load_spec_dict(path: str) -> dict[str, Any]:
+def _load_spec_dict(path: str, **overrides: Any) -> dict[str, Any]:
     """Read and validate a spec locally first: a typo is reported with its field before any upload."""
+    import yaml
     from pydantic import ValidationError as PydanticValidationError
 
-    from rlcore.spec import JobSpec, load_spec
+    from rlcore.spec import JobSpec
 
     try:
-        load_spec(path)
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CLIError(f"no such spec file: {path}") from exc
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise CLIError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise CLIError(f"{path}: a job spec is a mapping with 'model', 'dataset', ... at the top level")
+    try:
+        JobSpec.model_validate({**data, **overrides})
     except PydanticValidationError as exc:
         raise CLIError(f"{path}: {_pydantic_message(exc)}") from exc
-    except ValueError as exc:  # YAML errors and the loader's own checks
-        raise CLIError(f"{path}: {exc}") from exc
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    JobSpec.model_validate(data)
     return data
 
 
@@ -290,11 +293,12 @@ def _pydantic_message(exc: Any) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = _load_spec_dict(args.spec)
+    # With --file the spec's own dataset (if any) is replaced, so it is checked as if it were the upload.
+    spec = _load_spec_dict(args.spec, **({"dataset": {"file_id": "file_to_upload"}} if args.file else {}))
+    if args.file and not Path(args.file).is_file():
+        raise CLIError(f"no such dataset file: {args.file}")
     with _client(args) as c:
         if args.file:
-            if not Path(args.file).is_file():
-                raise CLIError(f"no such dataset file: {args.file}")
             uploaded = c.files.upload(args.file)
             err.print(f"uploaded {args.file} as {uploaded.id}")
             spec["dataset"] = {"file_id": uploaded.id}

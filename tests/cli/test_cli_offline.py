@@ -53,6 +53,20 @@ def test_a_missing_spec_file(rlft, tmp_path):
     assert code == 1 and err.strip() == f"error: no such spec file: {tmp_path / 'nope.yaml'}"
 
 
+def test_a_spec_that_is_not_yaml(rlft, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    code, err = rlft("submit", str(bad), "--api-key", "k")
+    assert code == 1 and err.startswith(f"error: {bad} is not valid YAML") and err.count("\n") == 1
+
+
+def test_a_missing_dataset_file(rlft, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: {name_or_path: m}\nreward: {url: 'http://127.0.0.1:1'}\n")  # no dataset: --file
+    code, err = rlft("submit", str(spec), "--file", str(tmp_path / "none.jsonl"), "--api-key", "k")
+    assert code == 1 and err.strip() == f"error: no such dataset file: {tmp_path / 'none.jsonl'}"
+
+
 def test_train_needs_local(rlft, tmp_path):
     code, err = rlft("train", str(tmp_path / "spec.yaml"))
     assert code == 1 and "--local" in err
