@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ServiceClient:
         """``call`` with exponential backoff on ``ServiceUnavailable`` for up to ``within_s`` seconds."""
         retrying = retry(
             retry=retry_if_exception_type(ServiceUnavailable),
-            wait=wait_exponential_jitter(initial=0.25, max=5.0),
+            wait=wait_exponential(multiplier=0.25, max=5.0) + wait_random(0, 0.25),
             stop=stop_after_delay(within_s),
             reraise=True,
         )

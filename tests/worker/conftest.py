@@ -26,6 +26,7 @@ class RecordingServer:
         self.url = f"http://127.0.0.1:{port}"
         self.requests: list[tuple[str, dict, dict]] = []  # (path, headers, body)
         self.script: list[int] = []  # statuses to answer first, in order; then 200
+        self.replies: dict[str, list[tuple[int, dict]]] = {}  # per last path segment: (status, body) queue
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -34,9 +35,14 @@ class RecordingServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-                status = owner.script.pop(0) if owner.script else 200
+                status, reply = 200, {"accepted": 1, "action": "continue"}
+                scripted = owner.replies.get(self.path.rsplit("/", 1)[-1])
+                if scripted:
+                    status, reply = scripted.pop(0)
+                elif owner.script:
+                    status = owner.script.pop(0)
                 owner.requests.append((self.path, dict(self.headers), body))
-                payload = json.dumps({"accepted": 1, "action": "continue"}).encode()
+                payload = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -54,6 +60,9 @@ class RecordingServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def actions(self) -> list[str]:
+        return [path.rsplit("/", 1)[-1] for path, _, _ in self.requests]
 
     def ok_bodies(self, path_suffix: str) -> list[dict]:
         return [body for path, _, body in self.requests if path.endswith(path_suffix)]

@@ -1,0 +1,107 @@
+"""The supervisor: a second delivery touches nothing; a lost lease kills the training process at once;
+the outbox is read whole lines at a time; every way a child can end maps to a job status and error code."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from rlft.settings import Settings
+from worker.supervisor import ChildOutcome, OutboxReader, Supervisor, _crash_error
+
+
+def _settings(tmp_path, server) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "worker",
+        api_url=server.url,
+        worker_secret="w" * 32,
+        lease_seconds=5,
+        artifact_store=str(tmp_path / "store"),
+    )
+
+
+def _claim(model_path: str, reward_url: str) -> dict:
+    spec = {
+        "algorithm": "grpo",
+        "model": {"name_or_path": model_path},
+        "dataset": {"rows": [{"prompt": "Go:", "label": "a"}]},
+        "reward": {"url": reward_url},
+        "hyperparameters": {"steps": 50, "prompts_per_step": 1, "group_size": 2, "max_new_tokens": 4},
+        "resources": {"gpus": 0},
+    }
+    return {
+        "job_id": "job-1",
+        "fence": 3,
+        "attempt": 1,
+        "spec": spec,
+        "resume": None,
+        "lease_expires_at": "2030-01-01T00:00:00Z",
+    }
+
+
+def test_a_second_delivery_of_a_running_job_touches_nothing(tmp_path, recording_server):
+    recording_server.start()
+    recording_server.replies["claim"] = [(409, {"detail": {"code": "not_claimable"}})]
+    outcome = Supervisor("job-1", _settings(tmp_path, recording_server)).run()
+    assert outcome == "not_claimed"
+    assert recording_server.actions() == ["claim"]
+    assert not (tmp_path / "worker").exists()  # no job directory, no spec file, no child
+
+
+def test_a_lost_lease_kills_the_training_process_and_finishes_nothing(tmp_path, recording_server):
+    from rlcore.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", "tiny")
+    recording_server.start()
+    recording_server.replies["claim"] = [(200, _claim(str(model), f"{recording_server.url}/reward"))]
+    recording_server.replies["heartbeat"] = [(200, {"action": "continue", "lease_expires_at": None})] * 2 + [
+        (409, {"detail": {"code": "stale_fence"}})
+    ]
+    supervisor = Supervisor("job-1", _settings(tmp_path, recording_server))
+    started = time.monotonic()
+    assert supervisor.run() == "lease_lost"
+    assert time.monotonic() - started < 30
+    actions = recording_server.actions()
+    assert actions[0] == "claim" and actions.count("heartbeat") == 3 and "finish" not in actions
+    assert not any(p.name == "spec.json" for p in (tmp_path / "worker").rglob("*"))  # secrets removed
+
+
+def test_outbox_reader_returns_whole_lines_only(tmp_path):
+    path = tmp_path / "outbox.jsonl"
+    reader = OutboxReader(path)
+    assert reader.read() == []  # not created yet
+    path.write_text('{"type": "metrics", "step": 1}\n{"type": "ev')
+    assert reader.read() == [{"type": "metrics", "step": 1}]
+    with path.open("a") as f:
+        f.write('ent"}\n')
+    assert reader.read() == [{"type": "event"}]
+    assert reader.read() == []
+
+
+def _final(tmp_path, recording_server, outcome: ChildOutcome, stop_action: str | None = None):
+    sup = Supervisor("job-1", _settings(tmp_path, recording_server))
+    sup.stop_action = stop_action
+    return sup._final_status(outcome, tmp_path)
+
+
+def test_child_endings_map_to_statuses(tmp_path, recording_server):
+    err = {"code": "reward_invalid", "message": "bad"}
+    assert _final(tmp_path, recording_server, ChildOutcome("succeeded")) == ("succeeded", None)
+    assert _final(tmp_path, recording_server, ChildOutcome("failed", err)) == ("failed", err)
+    assert _final(tmp_path, recording_server, ChildOutcome("interrupted"), "cancel") == ("cancelled", None)
+    assert _final(tmp_path, recording_server, ChildOutcome("interrupted"), "pause") == ("paused", None)
+    # Stopped without a request (e.g. the machine is shutting down): left to the reaper, not finished.
+    assert _final(tmp_path, recording_server, ChildOutcome("interrupted")) == (None, None)
+    status, error = _final(tmp_path, recording_server, ChildOutcome(None, None, 1), "time_limit")
+    assert status == "failed" and error["code"] == "time_limit_exceeded"
+
+
+def test_a_child_that_dies_without_a_result_names_how(tmp_path):
+    log = tmp_path / "child.log"
+    log.write_text("Traceback ...\nSegmentation fault\n")
+    killed = _crash_error(-signal.SIGKILL, log)
+    assert killed["code"] == "out_of_memory" and "SIGKILL" in killed["message"]
+    crashed = _crash_error(-signal.SIGSEGV, log)
+    assert crashed["code"] == "training_process_crashed"
+    assert "signal 11" in crashed["message"] and "Segmentation fault" in crashed["message"]
+    assert "exit code 2" in _crash_error(2, tmp_path / "missing.log")["message"]
