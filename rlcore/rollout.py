@@ -88,76 +88,92 @@ def fast_sampling_supported(model, top_p: float) -> bool:
     return getattr(cfg, "hidden_act", "silu") == "silu" and not getattr(cfg, "mlp_bias", False)
 
 
-def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:  # one fused op, same arithmetic
-        return torch.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-    # As the HF RMSNorm: normalise in float32, cast back, then scale.
-    y = torch.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon)
-    return norm.weight * y.to(x.dtype)
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # The HF RMSNorm's arithmetic, op for op (normalise in float32, cast back, scale); on CPU these five small
+    # ops are faster than the composite torch.rms_norm.
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def _cat_or_none(tensors: list) -> torch.Tensor | None:
-    return None if any(t is None for t in tensors) else torch.cat(tensors)
+def _rotate_half_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Rows (or bias entries) of a projection permuted and negated so that it outputs ``rotate_half(y)``."""
+    w = w.view(n_heads, head_dim, *w.shape[1:])
+    half = head_dim // 2
+    return torch.cat([-w[:, half:], w[:, :half]], dim=1).reshape(n_heads * head_dim, *w.shape[2:])
 
 
 class _Layer:
-    """One decoder layer's weights, with q/k/v and gate/up concatenated: 4 matrix products per token, not 7."""
+    """One decoder layer's weights, arranged for few, large products per token:
+    ``[q; k; v; rot(q); rot(k)]`` in one matrix (rotary then needs only ``qk * cos + rot(qk) * sin``) and
+    ``[gate; up]`` in another. Rebuilt for every rollout (the weights change at each update)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, n_heads: int, n_kv: int, head_dim: int):
         attn, mlp = layer.self_attn, layer.mlp
-        self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        self.b_qkv = _cat_or_none([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
-        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        self.w_down = mlp.down_proj.weight
-        self.norm1, self.norm2, self.scaling = layer.input_layernorm, layer.post_attention_layernorm, attn.scaling
+        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+        w = [q.weight, k.weight, v.weight, _rotate_half_rows(q.weight, n_heads, head_dim),
+             _rotate_half_rows(k.weight, n_kv, head_dim)]
+        self.w_qkv = torch.cat(w).t()
+        self.b_qkv = None
+        if q.bias is not None:
+            self.b_qkv = torch.cat([q.bias, k.bias, v.bias, _rotate_half_rows(q.bias, n_heads, head_dim),
+                                    _rotate_half_rows(k.bias, n_kv, head_dim)])
+        self.w_o, self.b_o = attn.o_proj.weight.t(), attn.o_proj.bias
+        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t()
+        self.w_down = mlp.down_proj.weight.t()
+        self.norm1 = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.norm2 = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.scaling = attn.scaling
 
 
 class _KVDecoder:
-    """The model's decoder layers over a fixed-size KV cache ``(B, kv_heads, P + T, head_dim)`` per layer."""
+    """The model's decoder layers over a fixed-size KV cache ``(B, kv_heads, P + T, head_dim)`` per layer.
+    Hidden states are 2-D ``(B * S, H)`` so that every projection is one ``addmm``."""
 
     def __init__(self, model, batch: int, length: int, positions: torch.Tensor):
         cfg = model.config
         self.model, self.n_heads, self.n_kv = model, cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.layers = [_Layer(layer) for layer in model.model.layers]
+        self.head_dim = hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.layers = [_Layer(layer, self.n_heads, self.n_kv, hd) for layer in model.model.layers]
         emb = model.model.embed_tokens.weight
-        shape = (batch, self.n_kv, length, self.head_dim)
+        shape = (batch, self.n_kv, length, hd)
         self.cache = [(emb.new_empty(shape), emb.new_empty(shape)) for _ in self.layers]
         cos, sin = model.model.rotary_emb(emb[:1], positions)  # (B, P + T, head_dim), computed once
-        self.cos, self.sin = cos.unsqueeze(2), sin.unsqueeze(2)  # broadcast over heads: (B, P + T, 1, hd)
+        heads = self.n_heads + self.n_kv  # one table row per position covering q's and k's heads
+        self.cos, self.sin = cos.repeat(1, 1, heads), sin.repeat(1, 1, heads)
+        self.final_norm = (model.model.norm.weight, model.model.norm.variance_epsilon)
 
-    def forward(self, ids: torch.Tensor, start: int, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states of the last position for tokens ``ids`` (B, S) at cache columns ``start:start+S``;
-        ``key_mask`` (B, 1, S, start + S) says which cached keys each query sees."""
-        linear, silu = torch.nn.functional.linear, torch.nn.functional.silu
-        x = self.model.model.embed_tokens(ids)
-        end = start + ids.shape[1]
-        cos, sin = self.cos[:, start:end], self.sin[:, start:end]
+        ``attn_mask`` (B, 1, S, start + S): boolean for the prompt (S > 1), additive float for one token."""
+        B, S = ids.shape
+        x = self.model.model.embed_tokens(ids).view(B * S, -1)
+        end = start + S
+        cos, sin = self.cos[:, start:end].reshape(B * S, -1), self.sin[:, start:end].reshape(B * S, -1)
         for w, (k_cache, v_cache) in zip(self.layers, self.cache):
-            x = x + linear(self._attention(w, _rms_norm(x, w.norm1), cos, sin, k_cache, v_cache, start, end,
-                                           key_mask), w.w_o, w.b_o)
-            gate, up = linear(_rms_norm(x, w.norm2), w.w_gate_up).chunk(2, dim=-1)
-            x = x + linear(silu(gate) * up, w.w_down)
-        return _rms_norm(x[:, -1], self.model.model.norm)
+            h = self._attention(w, _rms_norm(x, *w.norm1), cos, sin, k_cache, v_cache, B, start, end, attn_mask)
+            x = torch.addmm(x, h, w.w_o) if w.b_o is None else torch.addmm(x + w.b_o, h, w.w_o)
+            gate, up = torch.mm(_rms_norm(x, *w.norm2), w.w_gate_up).chunk(2, dim=-1)
+            x = torch.addmm(x, torch.nn.functional.silu(gate) * up, w.w_down)
+        return _rms_norm(x.view(B, S, -1)[:, -1], *self.final_norm)
 
-    def _attention(self, w: _Layer, h, cos, sin, k_cache, v_cache, start, end, key_mask):
-        B, S, _ = h.shape
-        nq, nkv = self.n_heads, self.n_kv
-        qkv = torch.nn.functional.linear(h, w.w_qkv, w.b_qkv).view(B, S, nq + 2 * nkv, self.head_dim)
-        qk = _rotate(qkv[:, :, : nq + nkv], cos, sin)  # q and k rotated together: (B, S, nq + nkv, hd)
+    def _attention(self, w: _Layer, h, cos, sin, k_cache, v_cache, B, start, end, attn_mask):
+        S, nq, nkv, hd = end - start, self.n_heads, self.n_kv, self.head_dim
+        y = torch.addmm(w.b_qkv, h, w.w_qkv) if w.b_qkv is not None else torch.mm(h, w.w_qkv)
+        n_qk, n_v = (nq + nkv) * hd, nkv * hd
+        qk = torch.addcmul(y[:, :n_qk] * cos, y[:, n_qk + n_v:], sin).view(B, S, nq + nkv, hd)
         k_cache[:, :, start:end] = qk[:, :, nq:].transpose(1, 2)
-        v_cache[:, :, start:end] = qkv[:, :, nq + nkv:].transpose(1, 2)
+        v_cache[:, :, start:end] = y[:, n_qk:n_qk + n_v].view(B, S, nkv, hd).transpose(1, 2)
+        keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
+        if S == 1:  # one query per row: grouped heads as rows of one batched product, no repeated k/v
+            q = qk[:, 0, :nq].view(B, nkv, nq // nkv, hd)
+            scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(w.scaling).add_(attn_mask)
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, nkv, groups, hd)
+            return out.reshape(B, nq * hd)
         out = torch.nn.functional.scaled_dot_product_attention(
-            qk[:, :, :nq].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=key_mask,
-            scale=w.scaling, enable_gqa=nq != nkv)
-        return out.transpose(1, 2).reshape(B, S, -1)
+            qk[:, :, :nq].transpose(1, 2), keys, values, attn_mask=attn_mask, scale=w.scaling,
+            enable_gqa=nq != nkv)
+        return out.transpose(1, 2).reshape(B * S, nq * hd)
 
 
 def fast_sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
@@ -175,18 +191,26 @@ def fast_sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     # A left-pad query sees itself only: its row is never all-masked (no NaN), and no real query sees it.
     prefill_mask = (causal & keys[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
     hidden = dec.forward(input_ids, 0, prefill_mask)
+    key_bias = torch.zeros(keys.shape, dtype=hidden.dtype, device=device).masked_fill_(~keys, float("-inf"))
+    key_bias = key_bias[:, None, None, :]  # (B, 1, 1, P + T), added to the scores of one decoding step
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    lm_head = model.lm_head.weight.t()
     for t in range(max_new_tokens):
-        logits = torch.nn.functional.linear(hidden, model.lm_head.weight, model.lm_head.bias).float()
-        probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-        token = torch.multinomial(probs, 1).squeeze(1)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        out[:, t] = token
+        logits = torch.mm(hidden, lm_head).float()
+        if model.lm_head.bias is not None:
+            logits = logits + model.lm_head.bias
+        if temperature != 1.0:
+            logits = logits / temperature
+        # softmax + multinomial, one call per token, and a stop as soon as every row is done: generate()'s
+        # use of the random stream, so a seed gives the same samples on either path (tests tuned on one
+        # hold on the other). A Gumbel-max draw would be a little faster but would change every sample.
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
+        out[:, t] = token.masked_fill_(done, pad_token_id)
         done |= (token == eos[0]) if len(eos) == 1 else torch.isin(token, eos)
         if t + 1 == max_new_tokens or bool(done.all()):
             return out[:, : t + 1]
-        hidden = dec.forward(token[:, None], P + t, keys[:, None, None, : P + t + 1])
+        hidden = dec.forward(token[:, None], P + t, key_bias[..., : P + t + 1])
     return out
 
 
