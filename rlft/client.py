@@ -132,7 +132,7 @@ class Job(_Model):
         """Steps the job will run: from progress when the worker reported it, else from the spec."""
         for source in (self.progress or {}, (self.spec or {}).get("hyperparameters") or {}):
             for key in ("total_steps", "steps"):
-                if isinstance(source.get(key), int):
+                if isinstance(source.get(key), int) and source[key] > 0:
                     return source[key]
         return None
 
