@@ -67,3 +67,23 @@ def test_spec_reference_lists_every_field():
     ):
         for name in model.model_fields:
             assert f"`{prefix}{name}`" in README, prefix + name
+
+
+def test_the_readme_reward_server_speaks_the_protocol():
+    """The dozen-line server of the README, fed the engine's own request and read by its own parser."""
+    from fastapi.testclient import TestClient
+
+    from rlcore.rewards.base import RewardItem
+    from rlcore.rewards.protocol import PROTOCOL_V1, parse_response, request_body
+
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "my_reward.py" in b]
+    namespace: dict = {}
+    exec(compile(code, "README.md:my_reward.py", "exec", dont_inherit=True), namespace)  # no __future__
+    batch = [
+        RewardItem(id="1-0-0", prompt="Name a fruit:", completion=" an apple", group=0, label="apple"),
+        RewardItem(id="1-0-1", prompt="Name a fruit:", completion=" a pear", group=0, label="apple"),
+    ]
+    with TestClient(namespace["app"]) as http:
+        resp = http.post("/", json=request_body(PROTOCOL_V1, "job_x", 1, "req", batch))
+    result = parse_response(PROTOCOL_V1, "fail", "README server", resp.status_code, resp.text, batch)
+    assert result.rewards == [1.0, 0.0]
