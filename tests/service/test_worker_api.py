@@ -7,6 +7,7 @@ import json
 import sqlite3
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -15,7 +16,7 @@ from service import reaper
 from service.db import make_engine, make_session_factory
 from service.models import Job, utcnow
 from service.queue import JobQueue
-from tests.service.conftest import WORKER, claim, create_job, wpost
+from tests.service.conftest import WORKER, claim, create_job, job_body, wpost
 
 
 def broker_job_ids(settings: Settings) -> list[str]:
@@ -219,3 +220,29 @@ def test_oversized_requests_answer_413(client: TestClient, alice: dict, settings
     huge = str(settings.max_upload_bytes + 2 * 1024 * 1024)
     r = client.post("/v1/jobs", content=b"{}", headers={**alice, "Content-Length": huge})
     assert r.status_code == 413 and r.json()["detail"]["code"] == "request_too_large"
+
+
+@pytest.mark.e2e
+def test_concurrent_claims_have_one_winner(settings: Settings, alice: dict) -> None:
+    """Eight workers claim the same job at once over real HTTP: one gets it, seven get 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from service.app import create_app
+    from tests.service.servers import ServerThread
+
+    with ServerThread(create_app(settings)) as srv:
+        jid = httpx.post(f"{srv.url}/v1/jobs", json=job_body(), headers=alice).json()["id"]
+
+        def attempt(i: int) -> int:
+            body = {"worker_id": f"w{i}"}
+            return httpx.post(
+                f"{srv.url}/internal/v1/jobs/{jid}/claim", json=body, headers=WORKER
+            ).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(attempt, range(8)))
+        job = httpx.get(f"{srv.url}/v1/jobs/{jid}", headers=alice).json()
+    assert codes == [200] + [409] * 7
+    assert job["attempts"] == 1
