@@ -226,3 +226,15 @@ def _nth_index(data: bytes, n: int) -> int:
     for _ in range(n):
         at = data.index(b"id: ", at + 1)
     return at
+
+
+def processes_with_env(needle: str) -> list[int]:
+    """Pids of live processes whose environment holds ``needle`` (NAME=VALUE): what a test left running."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle.encode() + b"\0" in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found

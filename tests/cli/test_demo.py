@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.conftest import processes_with_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,15 +28,4 @@ def test_the_demo_trains_and_the_reward_rises(tmp_path):
     assert "AutoModelForCausalLM.from_pretrained(" in res.stdout
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
     # The children carry the demo's data directory in their environment; none of them may outlive it.
-    assert _processes_with_env(f"RLFT_DATA_DIR={(tmp_path / 'demo').resolve()}") == []
-
-
-def _processes_with_env(needle: str) -> list[int]:
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if needle.encode() + b"\0" in environ.read_bytes():
-                found.append(int(environ.parent.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
+    assert processes_with_env(f"RLFT_DATA_DIR={(tmp_path / 'demo').resolve()}") == []

@@ -1,0 +1,63 @@
+"""`rlft up`: API + worker + reward server in one command, a dev key the CLI finds, all stopped on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rlft.demo import free_port
+from tests.cli.conftest import processes_with_env
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise AssertionError(f"nothing answered at {url}")
+
+
+def test_up_serves_everything_and_stops_everything(tmp_path):
+    data = (tmp_path / "data").resolve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLFT_")}
+    env["RLFT_DATA_DIR"] = str(data)
+    port, reward_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "rlft", "up", "--port", str(port), "--reward-server"]
+    argv += ["--reward-port", str(reward_port)]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{reward_port}", proc)
+        _wait_for(f"http://127.0.0.1:{port}/healthz", proc)
+        key = (data / "dev-api-key").read_text().strip()
+        # The CLI finds the dev key on its own (same data directory, no RLFT_API_KEY).
+        jobs = subprocess.run(
+            [sys.executable, "-m", "rlft", "jobs", "--api-url", f"http://127.0.0.1:{port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert jobs.returncode == 0, jobs.stderr
+        assert len(processes_with_env(f"RLFT_DATA_DIR={data}")) >= 3  # api, worker, reward server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert key in output and f"http://127.0.0.1:{port}/docs" in output
+    assert processes_with_env(f"RLFT_DATA_DIR={data}") == []
