@@ -103,6 +103,12 @@ def _rotate_half_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Ten
     return torch.cat([-w[:, half:], w[:, :half]], dim=1).reshape(n_heads * head_dim, *w.shape[2:])
 
 
+def _kn(w: torch.Tensor) -> torch.Tensor:
+    """A weight (N, K) as the (K, N) operand of ``x @ w``. On CPU a contiguous copy: measured ~1.6x faster than
+    the transposed view for the skinny (B x K) products of decoding; the copy is made once per rollout."""
+    return w.t().contiguous() if w.device.type == "cpu" else w.t()
+
+
 class _Layer:
     """One decoder layer's weights, arranged for few, large products per token:
     ``[q; k; v; rot(q); rot(k)]`` in one matrix (rotary then needs only ``qk * cos + rot(qk) * sin``) and
@@ -113,14 +119,14 @@ class _Layer:
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
         w = [q.weight, k.weight, v.weight, _rotate_half_rows(q.weight, n_heads, head_dim),
              _rotate_half_rows(k.weight, n_kv, head_dim)]
-        self.w_qkv = torch.cat(w).t()
+        self.w_qkv = _kn(torch.cat(w))
         self.b_qkv = None
         if q.bias is not None:
             self.b_qkv = torch.cat([q.bias, k.bias, v.bias, _rotate_half_rows(q.bias, n_heads, head_dim),
                                     _rotate_half_rows(k.bias, n_kv, head_dim)])
-        self.w_o, self.b_o = attn.o_proj.weight.t(), attn.o_proj.bias
-        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t()
-        self.w_down = mlp.down_proj.weight.t()
+        self.w_o, self.b_o = _kn(attn.o_proj.weight), attn.o_proj.bias
+        self.w_gate_up = _kn(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.w_down = _kn(mlp.down_proj.weight)
         self.norm1 = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         self.norm2 = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
         self.scaling = attn.scaling
@@ -195,7 +201,7 @@ def fast_sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     key_bias = key_bias[:, None, None, :]  # (B, 1, 1, P + T), added to the scores of one decoding step
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    lm_head = model.lm_head.weight.t()
+    lm_head = _kn(model.lm_head.weight)
     for t in range(max_new_tokens):
         logits = torch.mm(hidden, lm_head).float()
         if model.lm_head.bias is not None:
