@@ -269,6 +269,8 @@ def _rollout_from(enc: dict, completion_ids: torch.Tensor, prompts: list[str], t
 
 def completion_logits(model, input_ids, attention_mask, position_ids, num_completion: int) -> torch.Tensor:
     """Logits that predict the completion tokens only: (B, T, V). The prompt's logits are never computed."""
+    if _lean_forward_supported(model, input_ids):
+        return _lean_logits(model, input_ids, attention_mask, position_ids, num_completion + 1)[:, :-1]
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -292,3 +294,50 @@ def token_logprobs(model, input_ids, attention_mask, position_ids, num_completio
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach(), chunk_size=chunk_size)
     return logprobs, entropy
+
+
+# ---- the lean scoring forward ---------------------------------------------------------------------------
+# The profile of a tiny-model step on CPU put a third of the reference and training forwards in the HF
+# modules' own work (decorators, output capture, mask construction per call), not in arithmetic. The same
+# layers, run here on the model's parameters with autograd, cost only their arithmetic. CPU only: on a GPU
+# the HF forward (under accelerate's autocast, or a DDP wrapper) is kept as is.
+
+
+def _lean_forward_supported(model, input_ids: torch.Tensor) -> bool:
+    cfg = getattr(model, "config", None)
+    return (input_ids.device.type == "cpu" and fast_sampling_supported(model, 1.0)
+            and not getattr(cfg, "attention_dropout", 0.0) and not torch.is_autocast_enabled("cpu"))
+
+
+def _lean_logits(model, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions, (B, keep, V): the HF forward's arithmetic, differentiable."""
+    F = torch.nn.functional
+    cfg, inner = model.config, model.model
+    B, L = input_ids.shape
+    nq, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nq
+    x = inner.embed_tokens(input_ids)
+    cos, sin = inner.rotary_emb(x, position_ids)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, hd)
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    # Left-pad queries see themselves only (no all-masked row, no NaN); no real query sees a masked key.
+    mask = (causal & attention_mask.bool()[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=x.device)
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        h = _rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, L, nq, hd).transpose(1, 2)
+        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(B, L, nkv, hd).transpose(1, 2)
+        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(B, L, nkv, hd).transpose(1, 2)
+        out = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, attn_mask=mask,
+                                             scale=attn.scaling, enable_gqa=nq != nkv)
+        x = x + F.linear(out.transpose(1, 2).reshape(B, L, nq * hd), attn.o_proj.weight, attn.o_proj.bias)
+        h = _rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
+                         mlp.down_proj.weight)
+    x = _rms_norm(x[:, -keep:], inner.norm.weight, inner.norm.variance_epsilon)
+    return F.linear(x, model.lm_head.weight, model.lm_head.bias)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
