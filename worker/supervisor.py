@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, Servi
 
 log = logging.getLogger(__name__)
 
+# Set when the worker is asked to shut down (Celery's worker_shutting_down, see worker/tasks.py): the
+# training process checkpoints and stops, and the job is left to the reaper to requeue and resume elsewhere.
+SHUTDOWN = threading.Event()
 CLAIM_WITHIN_S = 60.0  # how long a claim retries a down service before the task is retried by Celery
 STOP_GRACE_S = 300.0  # after SIGTERM, time for the engine to finish its step and checkpoint
 FINISH_WITHIN_S = 120.0
@@ -223,6 +227,8 @@ class Supervisor:
                     raise LeaseLost(f"no heartbeat got through for {self.settings.lease_seconds} s")
                 if self.stop_action is None and now - started > self.settings.job_time_limit_s:
                     self.stop_action = "time_limit"
+                if self.stop_action is None and SHUTDOWN.is_set():
+                    self.stop_action = "shutdown"
                 if self.stop_action and stop_sent_at is None:
                     stop_sent_at = now
                     _signal(child, signal.SIGTERM)
@@ -276,13 +282,9 @@ class Supervisor:
 
     def _finish(self, outcome: ChildOutcome, attempt_dir: Path) -> str:
         status, error = self._final_status(outcome, attempt_dir)
-        if status is None:
-            log.warning(
-                "job %s: training was interrupted without a request; leaving it to the reaper", self.job_id
-            )
-            return "interrupted"
         if error:
             self._event("error", error["message"], {"code": error["code"]})
+        # Everything the child reported goes first, the last checkpoint's registration included.
         if not self.relay.drain(timeout_s=FINISH_WITHIN_S):
             log.error(
                 "job %s: %d items could not be relayed: %s",
@@ -290,6 +292,9 @@ class Supervisor:
                 self.relay.pending,
                 self.relay.last_error,
             )
+        if status is None:
+            log.warning("job %s: training stopped for a worker shutdown; the reaper requeues it", self.job_id)
+            return "interrupted"
         try:
             self.client.call_retrying(
                 "finish",
@@ -317,7 +322,7 @@ class Supervisor:
             }
         if stopped:
             return stopped, None
-        if outcome.status == "interrupted":
+        if outcome.status == "interrupted" or self.stop_action == "shutdown":
             return None, None
         return "failed", _crash_error(outcome.returncode, attempt_dir / "child.log")
 

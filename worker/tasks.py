@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 
+from celery import signals
+
 from rlft.settings import get_settings
 from worker.celery_app import TASK_NAME, app
 from worker.relay import ServiceUnavailable
-from worker.supervisor import Supervisor
+from worker.supervisor import SHUTDOWN, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +27,9 @@ def run_job(self, job_id: str) -> str:
         raise self.retry(exc=exc, countdown=30) from exc
     log.info("job %s: %s", job_id, outcome)
     return outcome
+
+
+@signals.worker_shutting_down.connect
+def _checkpoint_on_shutdown(**_: object) -> None:
+    # Celery's warm shutdown waits for the running task; this makes that wait a checkpoint, not the whole job.
+    SHUTDOWN.set()

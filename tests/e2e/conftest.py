@@ -34,7 +34,8 @@ from rlcore.testing import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 5
-E2E_REDIS_DB = 14
+E2E_REDIS_DBS = (14, 15, 12, 11, 10, 9)
+E2E_REDIS_LOCK = "rlft:e2e:session"
 TERMINAL = {"succeeded", "failed", "cancelled", "paused"}
 
 
@@ -141,7 +142,7 @@ class Stack:
                 proc.signal_group(signal.SIGKILL)
                 proc.popen.wait(timeout=10)
         # Training children lead their own sessions; they die with their worker, but make sure.
-        for pid in training_children():
+        for pid in training_children([p.pid for p in self.procs]):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -174,6 +175,14 @@ class Stack:
         assert resp.status_code == 200, resp.text
         return resp.json()["data"]
 
+    def enqueue_again(self, job_id: str, queue: str) -> None:
+        """Send the job's message a second time, as a broker redelivery would."""
+        from rlft.settings import Settings
+        from service.queue import JobQueue
+
+        settings = Settings(data_dir=self.root / "api", broker_url=self.env["RLFT_BROKER_URL"], dev_mode=True)
+        assert JobQueue(settings).enqueue(job_id, queue)
+
     def wait_status(self, job_id: str, statuses: set[str], timeout_s: float) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
@@ -202,8 +211,12 @@ def wait_for(
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}{detail}\n{stack.logs() if stack else ''}")
 
 
-def training_children(parent_pid: int | None = None) -> list[int]:
-    """Pids of live ``worker.child`` processes (of one supervisor when ``parent_pid`` is given)."""
+def training_children(parent_pids: list[int]) -> list[int]:
+    """Pids of live ``worker.child`` processes started by the given supervisors (worker processes).
+
+    Filtered by ``--parent-pid``: other test sessions on the same machine run training processes too.
+    """
+    wanted = {str(pid).encode() for pid in parent_pids}
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -213,9 +226,9 @@ def training_children(parent_pid: int | None = None) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"worker.child" not in argv or state == "Z":
+        if b"worker.child" not in argv or b"--parent-pid" not in argv or state == "Z":
             continue
-        if parent_pid is None or str(parent_pid).encode() in argv:
+        if argv[argv.index(b"--parent-pid") + 1] in wanted:
             pids.append(int(entry.name))
     return pids
 
@@ -249,9 +262,20 @@ def _redis_broker(root: Path) -> Iterator[str]:
         return
     import redis
 
-    own = urlunsplit(urlsplit(url)._replace(path=f"/{E2E_REDIS_DB}"))
-    client = redis.Redis.from_url(own)
-    client.flushdb()
+    # Queue names are fixed (gpu, cpu), so two sessions on one Redis database would take each other's
+    # jobs: each session locks a database number of its own (the CLI tests use 13).
+    token = uuid.uuid4().hex
+    for db in E2E_REDIS_DBS:
+        own = urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+        client = redis.Redis.from_url(own)
+        if client.set(E2E_REDIS_LOCK, token, nx=True, ex=3600):
+            break
+        client.close()
+    else:
+        pytest.skip(f"every Redis database in {list(E2E_REDIS_DBS)} is held by another e2e session")
+    for key in client.scan_iter():
+        if key != E2E_REDIS_LOCK.encode():
+            client.delete(key)
     try:
         yield own
     finally:

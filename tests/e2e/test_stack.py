@@ -148,9 +148,19 @@ def test_openrlhf_reward_protocol(stack, tmp_path):
     assert_learned_and_downloadable(stack, job, GRPO["steps"], tmp_path)
 
 
-def test_cancel_a_running_job(stack):
+def test_a_duplicate_delivery_is_ignored_and_cancel_stops_a_running_job(stack):
     job = stack.submit(make_spec(stack, "grpo", steps=200, checkpoint_every=0))
     wait_for(lambda: stack.metrics(job["id"], "reward/mean"), JOB_TIMEOUT_S, "a first metric", stack)
+    # At-least-once delivery: the same job id arrives again while it runs. The live lease wins.
+    stack.enqueue_again(job["id"], "cpu")
+    wait_for(
+        lambda: any(f"job {job['id']} not claimed" in w.tail(100_000) for w in stack.workers),
+        60,
+        "the duplicate delivery to be refused",
+        stack,
+    )
+    running = stack.job(job["id"])
+    assert running["status"] == "running" and running["attempts"] == 1
     resp = stack.request("POST", f"/v1/jobs/{job['id']}/cancel")
     assert resp.status_code == 200, resp.text
     asked = time.monotonic()
@@ -162,7 +172,8 @@ def test_cancel_a_running_job(stack):
     time.sleep(QUIET_CHECK_S)
     assert len(stack.metrics(job["id"])) == count, "a metric arrived after the job was cancelled"
     assert stack.job(job["id"])["status"] == "cancelled"
-    wait_for(lambda: not training_children(), 20, "the training process to exit", stack)
+    workers = [w.pid for w in stack.workers]
+    wait_for(lambda: not training_children(workers), 20, "the training process to exit", stack)
 
 
 def test_sigkill_worker_mid_job_resumes_on_another(stack):
@@ -185,7 +196,7 @@ def test_sigkill_worker_mid_job_resumes_on_another(stack):
     stack.workers.remove(holder)
     # Its training process leads its own session: it must die with its supervisor, not train on.
     wait_for(
-        lambda: not training_children(holder.pid), 10, "the killed worker's training process to die", stack
+        lambda: not training_children([holder.pid]), 10, "the killed worker's training process to die", stack
     )
     stack.start_worker(f"worker-{len(stack.procs)}")
 
@@ -224,3 +235,23 @@ def test_reward_endpoint_down_fails_the_job_and_the_worker_serves_on(stack):
     assert all(w.alive() for w in stack.workers)
     after = stack.submit(make_spec(stack, "grpo", steps=2, checkpoint_every=0))
     assert stack.wait_status(after["id"], {"succeeded", "failed"}, JOB_TIMEOUT_S)["status"] == "succeeded"
+
+
+def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
+    steps = 8
+    # No periodic checkpoints: the only one to resume from is the one the shutdown writes.
+    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=0))
+    wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
+    holder = _holder(stack, job["id"])
+    holder.signal_group(signal.SIGTERM)  # Celery's warm shutdown, as `docker stop` would send
+    holder.popen.wait(timeout=120)
+    stack.workers.remove(holder)
+    ckpts = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
+    assert ckpts and ckpts[0]["step"] >= 2, "the shutdown wrote and registered no checkpoint"
+    stack.start_worker(f"worker-{len(stack.procs)}")
+    done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 2
+    assert_one_row_per_step_and_name(stack, job["id"], steps)
+    messages = [e["message"] for e in stack.events(job["id"])]
+    assert any(f"resumed from checkpoint step-{ckpts[0]['step']:06d}" in m for m in messages), messages

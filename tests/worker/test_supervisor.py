@@ -90,8 +90,10 @@ def test_child_endings_map_to_statuses(tmp_path, recording_server):
     assert _final(tmp_path, recording_server, ChildOutcome("failed", err)) == ("failed", err)
     assert _final(tmp_path, recording_server, ChildOutcome("interrupted"), "cancel") == ("cancelled", None)
     assert _final(tmp_path, recording_server, ChildOutcome("interrupted"), "pause") == ("paused", None)
-    # Stopped without a request (e.g. the machine is shutting down): left to the reaper, not finished.
+    # Stopped for a worker shutdown (or by a signal from outside): left to the reaper, not finished.
     assert _final(tmp_path, recording_server, ChildOutcome("interrupted")) == (None, None)
+    assert _final(tmp_path, recording_server, ChildOutcome("interrupted"), "shutdown") == (None, None)
+    assert _final(tmp_path, recording_server, ChildOutcome(None, None, -9), "shutdown") == (None, None)
     status, error = _final(tmp_path, recording_server, ChildOutcome(None, None, 1), "time_limit")
     assert status == "failed" and error["code"] == "time_limit_exceeded"
 
