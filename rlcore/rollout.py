@@ -57,8 +57,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_p
     enc = {k: v.to(device) for k, v in enc.items()}
     eos = tokenizer.eos_token_id
     if fast_sampling_supported(model, top_p):
-        completion_ids = fast_sample(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                                     temperature=temperature, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        completion_ids = fast_sample(model, enc["input_ids"], enc["attention_mask"],
+                                     max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos,
+                                     pad_token_id=tokenizer.pad_token_id)
     else:
         completion_ids = _hf_sample(model, tokenizer, enc, max_new_tokens, temperature, top_p)
     return _rollout_from(enc, completion_ids, prompts, tokenizer, max_new_tokens)
@@ -80,11 +81,12 @@ def fast_sampling_supported(model, top_p: float) -> bool:
     cfg = getattr(model, "config", None)
     if top_p < 1.0 or cfg is None or getattr(cfg, "model_type", None) not in _FAST_ARCHS:
         return False
-    if getattr(cfg, "use_sliding_window", False) or not hasattr(model, "model") or not hasattr(model, "lm_head"):
+    if getattr(cfg, "use_sliding_window", False) or not hasattr(model, "lm_head"):
         return False
-    inner = model.model
-    if type(model).__name__ not in ("Qwen2ForCausalLM", "LlamaForCausalLM") or not hasattr(inner, "rotary_emb"):
+    if type(model).__name__ not in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
         return False  # PEFT wrappers and subclasses may change the forward: use the reference path
+    if not hasattr(getattr(model, "model", None), "rotary_emb"):
+        return False
     return getattr(cfg, "hidden_act", "silu") == "silu" and not getattr(cfg, "mlp_bias", False)
 
 
@@ -104,8 +106,8 @@ def _rotate_half_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Ten
 
 
 def _kn(w: torch.Tensor) -> torch.Tensor:
-    """A weight (N, K) as the (K, N) operand of ``x @ w``. On CPU a contiguous copy: measured ~1.6x faster than
-    the transposed view for the skinny (B x K) products of decoding; the copy is made once per rollout."""
+    """A weight (N, K) as the (K, N) operand of ``x @ w``. On CPU a contiguous copy: measured ~1.6x faster
+    than the transposed view for the skinny (B x K) products of decoding; made once per rollout."""
     return w.t().contiguous() if w.device.type == "cpu" else w.t()
 
 
@@ -156,8 +158,9 @@ class _KVDecoder:
         x = self.model.model.embed_tokens(ids).view(B * S, -1)
         end = start + S
         cos, sin = self.cos[:, start:end].reshape(B * S, -1), self.sin[:, start:end].reshape(B * S, -1)
-        for w, (k_cache, v_cache) in zip(self.layers, self.cache):
-            h = self._attention(w, _rms_norm(x, *w.norm1), cos, sin, k_cache, v_cache, B, start, end, attn_mask)
+        for w, (k_cache, v_cache) in zip(self.layers, self.cache, strict=True):
+            h = _rms_norm(x, *w.norm1)
+            h = self._attention(w, h, cos, sin, k_cache, v_cache, B, start, end, attn_mask)
             x = torch.addmm(x, h, w.w_o) if w.b_o is None else torch.addmm(x + w.b_o, h, w.w_o)
             gate, up = torch.mm(_rms_norm(x, *w.norm2), w.w_gate_up).chunk(2, dim=-1)
             x = torch.addmm(x, torch.nn.functional.silu(gate) * up, w.w_down)
@@ -184,13 +187,14 @@ class _KVDecoder:
 
 def fast_sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                 temperature: float, eos_token_id: int | list[int], pad_token_id: int) -> torch.Tensor:
-    """Completion ids (B, <= max_new_tokens), pad after each row's first EOS, as ``generate()`` returns them."""
+    """Completion ids (B, <= max_new_tokens), pad after each row's first EOS, as ``generate()`` returns."""
     B, P = input_ids.shape
     device = input_ids.device
     eos = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=device)
     # Positions skip the left padding (as generate() and the training forward number them).
     prompt_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    positions = torch.cat([prompt_pos, prompt_pos[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)], 1)
+    new_pos = prompt_pos[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)
+    positions = torch.cat([prompt_pos, new_pos], 1)
     keys = torch.cat([attention_mask.bool(), attention_mask.new_ones(B, max_new_tokens, dtype=torch.bool)], 1)
     dec = _KVDecoder(model, B, P + max_new_tokens, positions)
     causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
@@ -220,7 +224,8 @@ def fast_sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     return out
 
 
-def _hf_sample(model, tokenizer, enc: dict, max_new_tokens: int, temperature: float, top_p: float) -> torch.Tensor:
+def _hf_sample(model, tokenizer, enc: dict, max_new_tokens: int, temperature: float,
+               top_p: float) -> torch.Tensor:
     """``model.generate`` for what the fast sampler does not cover (nucleus sampling, other architectures)."""
     eos = tokenizer.eos_token_id
     was_training = model.training
@@ -321,7 +326,8 @@ def _lean_logits(model, input_ids, attention_mask, position_ids, keep: int) -> t
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, hd)
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     # Left-pad queries see themselves only (no all-masked row, no NaN); no real query sees a masked key.
-    mask = (causal & attention_mask.bool()[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=x.device)
+    eye = torch.eye(L, dtype=torch.bool, device=x.device)
+    mask = (causal & attention_mask.bool()[:, None, None, :]) | eye
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
@@ -331,7 +337,8 @@ def _lean_logits(model, input_ids, attention_mask, position_ids, keep: int) -> t
         out = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, attn_mask=mask,
                                              scale=attn.scaling, enable_gqa=nq != nkv)
         x = x + F.linear(out.transpose(1, 2).reshape(B, L, nq * hd), attn.o_proj.weight, attn.o_proj.bias)
-        h = _rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        post = layer.post_attention_layernorm
+        h = _rms_norm(x, post.weight, post.variance_epsilon)
         x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
                          mlp.down_proj.weight)
     x = _rms_norm(x[:, -keep:], inner.norm.weight, inner.norm.variance_epsilon)
