@@ -87,6 +87,13 @@ def fast_sampling_supported(model, top_p: float) -> bool:
         return False  # PEFT wrappers and subclasses may change the forward: use the reference path
     if not hasattr(getattr(model, "model", None), "rotary_emb"):
         return False
+    if getattr(model, "is_quantized", False) or getattr(cfg, "quantization_config", None) is not None:
+        return False  # packed weights: only the quantised modules know how to multiply with them
+    layer = model.model.layers[0] if len(model.model.layers) else None
+    if layer is None or type(layer.self_attn.q_proj) is not torch.nn.Linear:
+        return False
+    if tuple(layer.self_attn.q_proj.weight.shape[1:]) != (cfg.hidden_size,):
+        return False  # parameters sharded away (ZeRO-3): only the model's own forward gathers them
     return getattr(cfg, "hidden_act", "silu") == "silu" and not getattr(cfg, "mlp_bias", False)
 
 
