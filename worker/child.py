@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     kwargs: dict[str, Any] = dict(
         callbacks=callbacks if rank0 else [],
-        resume=True,
+        resume=args.resume or False,
         should_stop=stop,
         allow_private=args.allow_private,
         allowlist=args.allowlist or None,
@@ -218,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outbox", required=True, help="JSON-lines file the supervisor tails")
     p.add_argument("--store", required=True, help="artifact store: a local directory or an fsspec URL")
     p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--resume", default=None, help="checkpoint directory to resume from (default: start over)")
     p.add_argument("--allow-private", action="store_true", help="reward URLs may resolve to private ranges")
     p.add_argument("--allowlist", default="", help="comma-separated reward hosts allowed")
     args = p.parse_args(argv)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlcore.checkpoint import step_dir_name
+from rlcore.checkpoint import list_checkpoints, step_dir_name
 from rlft.settings import Settings
 from worker import artifacts
 from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, ServiceUnavailable
@@ -121,7 +121,7 @@ class Supervisor:
         self.relay = Relay(self.client, int(claim["fence"]))
         attempt_dir = self.job_dir / f"attempt-{claim.get('attempt', 0)}-fence-{claim['fence']}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
-        self._restore(claim.get("resume"))
+        resume_dir = self._restore(claim.get("resume"))
         self._event(
             "info",
             f"attempt {claim.get('attempt')} started on worker {self.worker_id}",
@@ -129,7 +129,7 @@ class Supervisor:
         )
         spec_file = _write_private(attempt_dir / "spec.json", json.dumps(claim["spec"]))
         try:
-            child = self._spawn(claim["spec"], spec_file, attempt_dir)
+            child = self._spawn(claim["spec"], spec_file, attempt_dir, resume_dir)
             outcome = self._supervise(child, OutboxReader(attempt_dir / "outbox.jsonl"))
         except LeaseLost as exc:
             log.warning("job %s: lease lost (%s); stopped without finishing", self.job_id, exc)
@@ -140,22 +140,39 @@ class Supervisor:
 
     # -- before the child -------------------------------------------------------------------------------
 
-    def _restore(self, resume: dict[str, Any] | None) -> None:
-        """Put the service's newest checkpoint and recorded rewards into output_dir unless already there."""
+    def _restore(self, resume: dict[str, Any] | None) -> Path | None:
+        """The checkpoint to resume from: the service's newest, fetched into output_dir unless already there.
+
+        Never a newer local one: the relay delivers in order, so every metric and sample up to the service's
+        newest checkpoint arrived, while those after it may have been refused with a lost lease. Replaying
+        from the registered checkpoint reports them again (recorded rewards are reused, not re-requested).
+        """
         store = self.settings.artifact_store
-        if resume and resume.get("location"):
-            local = self.output_dir / "checkpoints" / step_dir_name(int(resume["step"]))
-            if not artifacts.verify_checkpoint(local):
-                try:
-                    artifacts.download_checkpoint(resume["location"], local)
-                except (artifacts.ArtifactError, OSError) as exc:
-                    self._event("warning", f"could not restore checkpoint {resume['location']}: {exc}", {})
         try:
             artifacts.fetch_files(artifacts.rewards_location(store, self.job_id), self.output_dir / "rewards")
         except OSError as exc:
             log.warning("job %s: no recorded rewards restored: %s", self.job_id, exc)
+        registered = int(resume["step"]) if resume and resume.get("location") else -1
+        for stale in list_checkpoints(self.output_dir):
+            # Unknown to the service; left in place, pruning could delete the replay's own new checkpoints.
+            if int(stale.name.split("-", 1)[1]) > registered:
+                shutil.rmtree(stale, ignore_errors=True)
+        if registered < 0:
+            return None
+        local = self.output_dir / "checkpoints" / step_dir_name(registered)
+        if artifacts.verify_checkpoint(local):
+            return local
+        try:
+            return artifacts.download_checkpoint(resume["location"], local)
+        except (artifacts.ArtifactError, OSError) as exc:
+            self._event(
+                "warning", f"could not restore checkpoint {resume['location']}: {exc}; starting over", {}
+            )
+            return None
 
-    def _spawn(self, spec: dict[str, Any], spec_file: Path, attempt_dir: Path) -> subprocess.Popen:
+    def _spawn(
+        self, spec: dict[str, Any], spec_file: Path, attempt_dir: Path, resume_dir: Path | None
+    ) -> subprocess.Popen:
         args = [
             "--job-id",
             self.job_id,
@@ -172,6 +189,8 @@ class Supervisor:
             "--allowlist",
             ",".join(self.settings.reward_url_allowlist),
         ]
+        if resume_dir is not None:
+            args += ["--resume", str(resume_dir)]
         if self.settings.allow_private_reward_urls:
             args.append("--allow-private")
         gpus = int((spec.get("resources") or {}).get("gpus", 0))

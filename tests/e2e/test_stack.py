@@ -46,6 +46,7 @@ PPO = dict(
     seed=1,
 )
 JOB_TIMEOUT_S = 420
+# Jobs that a test interrupts run 30 steps (~0.5 s each here) so that they are still running when it acts.
 QUIET_CHECK_S = 4.0  # how long a cancelled job is watched for late metrics
 FIGURES: dict[str, Any] = {}
 
@@ -179,7 +180,7 @@ def test_a_duplicate_delivery_is_ignored_and_cancel_stops_a_running_job(stack):
 
 
 def test_sigkill_worker_mid_job_resumes_on_another(stack):
-    steps = 12
+    steps = 30
     job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=3))
     wait_for(
         lambda: (
@@ -240,7 +241,7 @@ def test_reward_endpoint_down_fails_the_job_and_the_worker_serves_on(stack):
 
 
 def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
-    steps = 8
+    steps = 30
     # No periodic checkpoints: the only one to resume from is the one the shutdown writes.
     job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=0))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
@@ -260,7 +261,7 @@ def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
 
 
 def test_pause_then_resume_continues_from_the_pause_checkpoint(stack):
-    steps = 6
+    steps = 30
     job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=0))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     assert stack.request("POST", f"/v1/jobs/{job['id']}/pause").status_code == 200
@@ -275,15 +276,19 @@ def test_pause_then_resume_continues_from_the_pause_checkpoint(stack):
 
 
 def test_a_brief_api_outage_loses_nothing(stack):
-    steps = 8
+    # Four seconds against a five-second lease: the service may or may not reap the job meanwhile; either
+    # way the job must end with every step's metrics and samples exactly once.
+    steps = 20
     job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=4))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     (api,) = [p for p in stack.procs if p.name == "api"]
     api.signal_group(signal.SIGSTOP)  # requests time out meanwhile: the worker buffers and backs off
     try:
-        time.sleep(2.0)
+        time.sleep(4.0)
     finally:
         api.signal_group(signal.SIGCONT)
+    logs = "".join(w.tail(1_000_000) for w in stack.procs if w.name.startswith("worker"))
+    assert "service unreachable, buffering" in logs or "heartbeat failed" in logs, "the outage went unnoticed"
     done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
     assert done["status"] == "succeeded", done.get("error")
     assert_one_row_per_step_and_name(stack, job["id"], steps)

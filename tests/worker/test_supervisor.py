@@ -107,3 +107,33 @@ def test_a_child_that_dies_without_a_result_names_how(tmp_path):
     assert crashed["code"] == "training_process_crashed"
     assert "signal 11" in crashed["message"] and "Segmentation fault" in crashed["message"]
     assert "exit code 2" in _crash_error(2, tmp_path / "missing.log")["message"]
+
+
+def _save(output_dir, step: int):
+    from rlcore.checkpoint import save_checkpoint
+
+    def write(d):
+        (d / "model").mkdir()
+        (d / "model" / "config.json").write_text(f'{{"step": {step}}}')
+
+    return save_checkpoint(output_dir, step, write)[0]
+
+
+def test_resume_uses_the_registered_checkpoint_never_a_newer_local_one(tmp_path, recording_server):
+    from worker import artifacts
+
+    settings = _settings(tmp_path, recording_server)
+    elsewhere = _save(tmp_path / "other-machine", 4)
+    location = artifacts.checkpoint_location(settings.artifact_store, "job-1", 4)
+    artifacts.upload_checkpoint(elsewhere, location)
+    sup = Supervisor("job-1", settings)
+    _save(sup.output_dir, 2)
+    _save(sup.output_dir, 6)  # written here before a lost lease; its steps may never have reached the service
+
+    resumed = sup._restore({"step": 4, "location": location})
+    assert resumed == sup.output_dir / "checkpoints" / "step-000004"
+    assert artifacts.verify_checkpoint(resumed)  # fetched from the store
+    names = sorted(p.name for p in (sup.output_dir / "checkpoints").iterdir())
+    assert names == ["step-000002", "step-000004"]
+    assert sup._restore(None) is None  # nothing registered: start over, and no local checkpoint is kept
+    assert list((sup.output_dir / "checkpoints").iterdir()) == []
