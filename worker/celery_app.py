@@ -1,7 +1,11 @@
 """The Celery app, configured for long GPU tasks, and the check that refuses a configuration that breaks it.
 
-Run a worker with ``celery -A worker.celery_app worker -Q gpu,cpu --concurrency 1 --pool solo``
-(one job per GPU slot). The broker is Redis when ``RLFT_BROKER_URL`` points at one; the embedded default is
+Run a worker with ``celery -A worker.celery_app worker -Q gpu,cpu --pool solo --without-gossip
+--without-mingle --without-heartbeat`` (or ``rlft worker``): one job per worker, one worker per GPU slot
+(``CUDA_VISIBLE_DEVICES`` passes through to the training process). A solo worker busy with a job cannot
+answer gossip, so those only add noise. A warm shutdown (SIGTERM, ``docker stop``) makes the training
+process checkpoint and stop; give it the time to (``stop_grace_period``), or the job resumes from the
+previous checkpoint. The broker is Redis when ``RLFT_BROKER_URL`` points at one; the embedded default is
 kombu's SQLAlchemy transport on a SQLite file, which needs no server.
 
 Why each setting:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import inspect
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.callbacks import Callback
-from rlcore.errors import Interrupted, RLFTError
+from rlcore.errors import ConfigError, Interrupted, RLFTError
 from rlcore.spec import JobSpec
 from worker import artifacts
 
@@ -177,27 +176,12 @@ def classify(exc: BaseException) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlcore.trainer import train  # imports torch: only here, in the child
-
-    spec = JobSpec.model_validate(json.loads(Path(args.spec_file).read_text(encoding="utf-8")))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     outbox = Outbox(args.outbox) if rank0 else None
     stop = StopFlag()
     stop.install()
-    callbacks = [
-        OutboxCallback(outbox, job_id=args.job_id, store=args.store, output_dir=Path(args.output_dir))
-    ]
-    kwargs: dict[str, Any] = dict(
-        callbacks=callbacks if rank0 else [],
-        resume=args.resume or False,
-        should_stop=stop,
-        allow_private=args.allow_private,
-        allowlist=args.allowlist or None,
-    )
-    if "job_id" in inspect.signature(train).parameters:
-        kwargs["job_id"] = args.job_id
     try:
-        train(spec, args.output_dir, **kwargs)
+        _train(args, outbox, stop)
         status, error, code = "succeeded", None, EXIT_OK
     except Interrupted:
         status, error, code = "interrupted", None, EXIT_INTERRUPTED
@@ -208,6 +192,30 @@ def run(args: argparse.Namespace) -> int:
         outbox.write("result", status=status, error=error)
         outbox.close()
     return code
+
+
+def _train(args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag) -> None:
+    from rlcore.trainer import train  # imports torch: only here, in the child
+
+    try:
+        spec = JobSpec.model_validate(json.loads(Path(args.spec_file).read_text(encoding="utf-8")))
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise ConfigError(f"the job spec from the service does not validate: {exc}") from exc
+    callbacks = []
+    if outbox is not None:  # callbacks run on rank 0 only
+        callbacks.append(
+            OutboxCallback(outbox, job_id=args.job_id, store=args.store, output_dir=Path(args.output_dir))
+        )
+    train(
+        spec,
+        args.output_dir,
+        callbacks=callbacks,
+        resume=args.resume or False,
+        should_stop=stop,
+        allow_private=args.allow_private,
+        allowlist=args.allowlist or None,
+        job_id=args.job_id,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

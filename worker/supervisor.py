@@ -50,7 +50,6 @@ class ChildOutcome:
 class Progress:
     step: int | None = None
     total_steps: int | None = None
-    first_metric_at: float | None = None
 
 
 class OutboxReader:
@@ -282,7 +281,6 @@ class Supervisor:
             kind = line.pop("type", None)
             if kind == "metrics":
                 self.progress.step = line["step"]
-                self.progress.first_metric_at = self.progress.first_metric_at or time.time()
                 for name, value in line["metrics"].items():
                     self.relay.add("metrics", {"step": line["step"], "name": name, "value": value})
             elif kind == "samples":
