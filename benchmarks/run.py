@@ -214,6 +214,7 @@ def reward_latency(args, model: str, delay_ms: float = 50.0) -> list[dict]:
                     "median_s": statistics.median(measured),
                     "max_s": max(measured),
                     "request_p50_ms": statistics.median(p50),
+                    "bare_client_s": bare_client(url, batches, batch_size, concurrency),
                 }
             )
             log(f"  reward bs={batch_size} c={concurrency}: {rows[-1]['median_s']:.3f} s (ideal {ideal:.3f})")
@@ -221,6 +222,34 @@ def reward_latency(args, model: str, delay_ms: float = 50.0) -> list[dict]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def bare_client(url: str, requests: int, batch_size: int, concurrency: int, repeats: int = 5) -> float:
+    """Median wall time of the same requests from a bare ``httpx.AsyncClient`` with the same concurrency
+    cap: the floor that this server on this machine allows, whatever the client."""
+    import asyncio
+
+    import httpx
+
+    body = {"items": [{"id": str(i), "completion": "aab"} for i in range(batch_size)]}
+
+    async def one_step(client: httpx.AsyncClient, gate: asyncio.Semaphore) -> float:
+        async def post() -> None:
+            async with gate:
+                (await client.post(url, json=body)).raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[post() for _ in range(requests)])
+        return time.perf_counter() - t0
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            gate = asyncio.Semaphore(concurrency)
+            await one_step(client, gate)  # opens the connections, as the first training step does
+            return statistics.median([await one_step(client, gate) for _ in range(repeats)])
+
+    return asyncio.run(run())
 
 
 def machine() -> dict:
@@ -328,14 +357,15 @@ def render(res: dict) -> str:
             "Reward phase against `examples/rewards/letter.py` with 50 ms per request, 16 completions:",
             "",
             "| batch size | concurrency | requests | ideal (s) | measured median (s) | ratio | max (s) "
-            "| request latency p50 (ms) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| request latency p50 (ms) | bare httpx client, same requests (s) | rlcore / bare |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["reward"]:
+            bare = r.get("bare_client_s", math.nan)
             lines.append(
                 f"| {r['batch_size']} | {r['concurrency']} | {r['batches']} | {r['ideal_s']:.3f} | "
                 f"{r['median_s']:.3f} | {r['median_s'] / r['ideal_s']:.2f} | {r['max_s']:.3f} | "
-                f"{r.get('request_p50_ms', math.nan):.1f} |"
+                f"{r.get('request_p50_ms', math.nan):.1f} | {bare:.3f} | {r['median_s'] / bare:.2f} |"
             )
     if res.get("api"):
         a = res["api"]
