@@ -8,7 +8,8 @@ Layout of one checkpoint (``output_dir/checkpoints/step-000010/``):
   manifest.json        {"step", "files": [{"path", "sha256", "size"}]} — written last
 
 A directory is renamed into place only once complete, so a crash leaves either the old set or a stray
-``.tmp-*`` directory that is ignored and cleaned up. Resume takes the newest directory whose manifest verifies.
+``.tmp-*`` directory that is ignored and cleaned up. Resume takes the newest directory whose manifest
+verifies.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def build_manifest(directory: Path, step: int) -> dict[str, Any]:
     files = []
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            files.append({"path": p.relative_to(directory).as_posix(), "sha256": sha256_file(p),
-                          "size": p.stat().st_size})
+            files.append(
+                {
+                    "path": p.relative_to(directory).as_posix(),
+                    "sha256": sha256_file(p),
+                    "size": p.stat().st_size,
+                }
+            )
     return {"step": step, "files": files}
 
 
@@ -65,8 +71,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, write: Callable[[Path], None],
-                    keep: int | None = None) -> tuple[Path, dict[str, Any]]:
+def save_checkpoint(
+    output_dir: str | os.PathLike, step: int, write: Callable[[Path], None], keep: int | None = None
+) -> tuple[Path, dict[str, Any]]:
     """Call ``write(tmp_dir)`` to fill a checkpoint, then seal it with a manifest and rename it into place."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -109,7 +116,7 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(dirs, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+    return sorted(dirs, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
 
 
 def latest_valid(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:

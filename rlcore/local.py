@@ -61,9 +61,15 @@ class ProgressBar(Callback):
     def on_train_start(self, step: int, total_steps: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
-                                 transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         self.task = self.progress.add_task("train", total=total_steps, completed=step, info="")
         self.progress.start()
 
@@ -100,9 +106,18 @@ def run_local(spec_path: str, output_dir: str, reward_fn: str | None = None, res
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         fn = load_callable(reward_fn) if reward_fn else None
-        result = train(spec, out, reward_fn=fn, resume=resume, should_stop=stop.is_set,
-                       callbacks=[MetricsFile(out / "metrics.jsonl"), SamplesFile(out / "samples.jsonl"),
-                                  ProgressBar(console)])
+        result = train(
+            spec,
+            out,
+            reward_fn=fn,
+            resume=resume,
+            should_stop=stop.is_set,
+            callbacks=[
+                MetricsFile(out / "metrics.jsonl"),
+                SamplesFile(out / "samples.jsonl"),
+                ProgressBar(console),
+            ],
+        )
     except Interrupted as e:
         console.print(f"[yellow]{e.message}[/yellow]; run the same command again to resume")
         return 130
@@ -112,7 +127,9 @@ def run_local(spec_path: str, output_dir: str, reward_fn: str | None = None, res
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    console.print(f"done: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.jsonl'}")
+    console.print(
+        f"done: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.jsonl'}"
+    )
     return 0
 
 

@@ -55,7 +55,9 @@ class DatasetSpec(_Frozen):
 
     rows: list[dict[str, Any]] | None = Field(None, description="Inline rows.")
     file_id: str | None = Field(None, description="A JSONL file uploaded through POST /v1/files.")
-    path: str | None = Field(None, description="A local JSONL file (local runs and workers with shared disk).")
+    path: str | None = Field(
+        None, description="A local JSONL file (local runs and workers with shared disk)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetSpec:
@@ -95,7 +97,8 @@ def validate_row(row: Any, where: str) -> None:
 
 class RewardSpec(_Frozen):
     url: str | None = Field(
-        None, description="The reward endpoint (POST). Required by the service; a local run may pass a callable."
+        None,
+        description="The reward endpoint (POST). Required by the service; a local run may pass a callable.",
     )
     protocol: Literal["rlft.reward.v1", "openrlhf"] = Field(
         "rlft.reward.v1", description="Wire format: this project's batched protocol, or OpenRLHF's remote RM."
@@ -224,17 +227,20 @@ class JobSpec(_Frozen):
         hp = self.hyperparameters
         if self.algorithm is Algorithm.GRPO and hp.group_size < 2:
             raise ValueError(
-                "hyperparameters.group_size must be at least 2 for grpo (advantages compare samples of a group)"
+                "hyperparameters.group_size must be at least 2 for grpo "
+                "(advantages compare samples of a group)"
             )
         batch = hp.prompts_per_step * hp.group_size
         mb = hp.minibatch_size or batch
         if batch % mb:
             raise ValueError(
-                f"hyperparameters.prompts_per_step * group_size ({batch}) must divide by minibatch_size ({mb})"
+                f"hyperparameters.prompts_per_step * group_size ({batch}) "
+                f"must divide by minibatch_size ({mb})"
             )
         if hp.micro_batch_size and mb % hp.micro_batch_size:
             raise ValueError(
-                f"hyperparameters.minibatch_size ({mb}) must divide by micro_batch_size ({hp.micro_batch_size})"
+                f"hyperparameters.minibatch_size ({mb}) "
+                f"must divide by micro_batch_size ({hp.micro_batch_size})"
             )
         if hp.kl_target is not None and hp.kl_in != "reward":
             raise ValueError("hyperparameters.kl_target (adaptive KL) needs kl_in='reward'")

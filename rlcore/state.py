@@ -94,14 +94,24 @@ class RewardLog:
             return None
         if rec.get("digest") != self._digest(items):
             return None
-        return RewardBatchResult(rewards=rec["rewards"], errors=rec["errors"], components=rec["components"],
-                                 metrics={})
+        return RewardBatchResult(
+            rewards=rec["rewards"], errors=rec["errors"], components=rec["components"], metrics={}
+        )
 
     def record(self, step: int, items, result) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self._path(step).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"digest": self._digest(items), "rewards": result.rewards,
-                                   "errors": result.errors, "components": result.components}), encoding="utf-8")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "digest": self._digest(items),
+                    "rewards": result.rewards,
+                    "errors": result.errors,
+                    "components": result.components,
+                }
+            ),
+            encoding="utf-8",
+        )
         os.replace(tmp, self._path(step))
         # Older records are never needed again once a checkpoint past them exists; keep the last few.
         for old in sorted(self.directory.glob(f"step-*.rank{self.rank}.json"))[:-64]:

@@ -12,15 +12,30 @@ from pathlib import Path
 
 SIZES = {
     # ~0.1 M parameters: fast enough for the learning tests on two CPU cores.
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
     # ~3 M parameters: the "small" model of the benchmarks.
-    "small": dict(hidden_size=256, intermediate_size=640, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=640,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
 }
 # Larger random models for GPU checks (benchmarks/gpu_check.sh); never built by tests.
-SIZES["0.5b"] = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                     num_key_value_heads=2)
+SIZES["0.5b"] = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -51,7 +66,9 @@ def _byte_level_tokenizer():
     return fast
 
 
-def make_tiny_model(path: str | os.PathLike, size: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
+def make_tiny_model(
+    path: str | os.PathLike, size: str = "tiny", seed: int = 0, dtype: str = "float32"
+) -> Path:
     """Write a random Qwen2-architecture causal LM and a byte-level tokenizer to ``path``; return it.
 
     Idempotent: a directory that already holds a complete model of the same size and seed is kept.

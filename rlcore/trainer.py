@@ -65,13 +65,29 @@ class Batch:
     mask: torch.Tensor  # response mask with skipped samples zeroed
 
 
-def train(spec: JobSpec, output_dir: str | Path, *, reward_fn: Callable | None = None,
-          callbacks: Sequence[Callback] = (), resume: bool | str = True,
-          should_stop: Callable[[], bool] | None = None, allow_private: bool = True,
-          allowlist: list[str] | None = None, job_id: str = "local") -> TrainResult:
+def train(
+    spec: JobSpec,
+    output_dir: str | Path,
+    *,
+    reward_fn: Callable | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume: bool | str = True,
+    should_stop: Callable[[], bool] | None = None,
+    allow_private: bool = True,
+    allowlist: list[str] | None = None,
+    job_id: str = "local",
+) -> TrainResult:
     """Run a job to the end (or until ``should_stop()``); see docs/contracts.md."""
-    trainer = Trainer(spec, output_dir, reward_fn=reward_fn, callbacks=callbacks, resume=resume,
-                      allow_private=allow_private, allowlist=allowlist, job_id=job_id)
+    trainer = Trainer(
+        spec,
+        output_dir,
+        reward_fn=reward_fn,
+        callbacks=callbacks,
+        resume=resume,
+        allow_private=allow_private,
+        allowlist=allowlist,
+        job_id=job_id,
+    )
     try:
         return trainer.run(should_stop or (lambda: False))
     finally:
@@ -79,8 +95,18 @@ def train(spec: JobSpec, output_dir: str | Path, *, reward_fn: Callable | None =
 
 
 class Trainer:
-    def __init__(self, spec: JobSpec, output_dir, *, reward_fn=None, callbacks=(), resume=True,
-                 allow_private=True, allowlist=None, job_id="local"):
+    def __init__(
+        self,
+        spec: JobSpec,
+        output_dir,
+        *,
+        reward_fn=None,
+        callbacks=(),
+        resume=True,
+        allow_private=True,
+        allowlist=None,
+        job_id="local",
+    ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -89,12 +115,15 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.callbacks = CallbackList(list(callbacks))
         use_cpu = not torch.cuda.is_available()
-        self.mixed_bf16 = (not use_cpu and spec.model.dtype == "auto" and torch.cuda.is_bf16_supported())
+        self.mixed_bf16 = not use_cpu and spec.model.dtype == "auto" and torch.cuda.is_bf16_supported()
         self.acc = Accelerator(cpu=use_cpu, mixed_precision="bf16" if self.mixed_bf16 else "no")
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         if self.hp.prompts_per_step % self.world:
-            raise RLFTError(f"hyperparameters.prompts_per_step ({self.hp.prompts_per_step}) must divide by the "
-                            f"number of processes ({self.world})", code="invalid_spec")
+            raise RLFTError(
+                f"hyperparameters.prompts_per_step ({self.hp.prompts_per_step}) must divide by the "
+                f"number of processes ({self.world})",
+                code="invalid_spec",
+            )
         set_seed(self.hp.seed + self.rank)
         self.resume_dir = self._find_resume(resume)
         self._load_models()
@@ -102,10 +131,14 @@ class Trainer:
         self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
         self.cursor = PromptCursor(len(self.rows), self.hp.seed)
         init_kl = self.hp.kl_coef
-        self.kl_ctl = (alg.AdaptiveKLController(init_kl, self.hp.kl_target, self.hp.kl_horizon)
-                       if self.hp.kl_target else alg.FixedKLController(init_kl))
-        self.scorer = make_reward_scorer(spec.reward, reward_fn=reward_fn, job_id=job_id,
-                                         allow_private=allow_private, allowlist=allowlist)
+        self.kl_ctl = (
+            alg.AdaptiveKLController(init_kl, self.hp.kl_target, self.hp.kl_horizon)
+            if self.hp.kl_target
+            else alg.FixedKLController(init_kl)
+        )
+        self.scorer = make_reward_scorer(
+            spec.reward, reward_fn=reward_fn, job_id=job_id, allow_private=allow_private, allowlist=allowlist
+        )
         self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
         self.state = TrainerState(step=0)
         if self.resume_dir is not None:
@@ -119,7 +152,9 @@ class Trainer:
         if isinstance(resume, (str, Path)) and resume is not True:
             path = Path(resume)
             if ckpt.verify(path) is None:
-                raise RLFTError(f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid")
+                raise RLFTError(
+                    f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid"
+                )
             return path
         found, broken = ckpt.latest_valid(self.output_dir)
         for b in broken:
@@ -129,12 +164,15 @@ class Trainer:
     def _load_models(self) -> None:
         spec, hp = self.spec, self.hp
         self.tokenizer = load_tokenizer(spec.model)
-        dtype = torch.float32 if spec.model.dtype == "auto" else resolve_dtype(spec.model.dtype, self.acc.device)
+        dtype = (
+            torch.float32 if spec.model.dtype == "auto" else resolve_dtype(spec.model.dtype, self.acc.device)
+        )
         policy_path = spec.model.name_or_path
         if self.resume_dir is not None and spec.model.lora is None:
             policy_path = str(self.resume_dir / "model")
-        policy = load_causal_lm(policy_path, spec.model.revision if policy_path == spec.model.name_or_path
-                                else None, dtype)
+        policy = load_causal_lm(
+            policy_path, spec.model.revision if policy_path == spec.model.name_or_path else None, dtype
+        )
         if spec.model.lora is not None:
             if self.resume_dir is not None:
                 from peft import PeftModel
@@ -158,12 +196,15 @@ class Trainer:
             value = load_value_model(vpath, None, dtype)
         params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": hp.learning_rate}]
         if value is not None:
-            params.append({"params": list(value.parameters()), "lr": hp.value_learning_rate or hp.learning_rate})
+            params.append(
+                {"params": list(value.parameters()), "lr": hp.value_learning_rate or hp.learning_rate}
+            )
         optimizer = torch.optim.AdamW(params, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda())
         if value is not None:
             self.policy, self.value, self.optimizer, self.scheduler = self.acc.prepare(
-                policy, value, optimizer, scheduler)
+                policy, value, optimizer, scheduler
+            )
         else:
             self.policy, self.optimizer, self.scheduler = self.acc.prepare(policy, optimizer, scheduler)
             self.value = None
@@ -207,8 +248,11 @@ class Trainer:
         self.cursor.load_state_dict(self.state.cursor)
         self.kl_ctl.load_state_dict(self.state.kl)
         restore_rng(self.state.rng[self.rank] if self.rank < len(self.state.rng) else self.state.rng[0])
-        self._event("info", f"resumed from checkpoint {directory.name} at step {self.state.step}",
-                    {"step": self.state.step, "checkpoint": directory.name})
+        self._event(
+            "info",
+            f"resumed from checkpoint {directory.name} at step {self.state.step}",
+            {"step": self.state.step, "checkpoint": directory.name},
+        )
 
     def close(self) -> None:
         self.scorer.close()
@@ -230,16 +274,21 @@ class Trainer:
                 self.state.step += 1
                 if self.acc.is_main_process:
                     self.callbacks.on_step_end(self.state.step, metrics)
-                if hp.checkpoint_every and self.state.step % hp.checkpoint_every == 0 \
-                        and self.state.step < hp.steps:
+                if (
+                    hp.checkpoint_every
+                    and self.state.step % hp.checkpoint_every == 0
+                    and self.state.step < hp.steps
+                ):
                     last_ckpt = self.save_checkpoint()
             last_ckpt = self.save_checkpoint(final=True)
         except Interrupted as e:
             self._end("interrupted", e)
             raise
         except torch.OutOfMemoryError as e:
-            err = OutOfMemory(f"out of memory at step {self.state.step}: lower hyperparameters.micro_batch_size "
-                              f"or max_new_tokens ({e})")
+            err = OutOfMemory(
+                f"out of memory at step {self.state.step}: lower hyperparameters.micro_batch_size "
+                f"or max_new_tokens ({e})"
+            )
             self._end("failed", err)
             raise err from e
         except RLFTError as e:
@@ -276,11 +325,16 @@ class Trainer:
             self.kl_ctl.update(train_metrics["kl/mean"], self.spec.rollout_batch_size)
         metrics = self._step_metrics(batch, train_metrics, reward_metrics)
         n_tokens = float(self.acc.reduce(batch.rollout.response_mask.sum().float(), reduction="sum").item())
-        metrics.update({
-            "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
-            "time/step_s": t3 - t0, "throughput/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
-            "memory/peak_bytes": float(_peak_memory()),
-        })
+        metrics.update(
+            {
+                "time/generate_s": t1 - t0,
+                "time/reward_s": t2 - t1,
+                "time/train_s": t3 - t2,
+                "time/step_s": t3 - t0,
+                "throughput/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
+                "memory/peak_bytes": float(_peak_memory()),
+            }
+        )
         if self.acc.is_main_process and samples:
             self.callbacks.on_samples(self.state.step + 1, samples)
         return metrics
@@ -291,12 +345,22 @@ class Trainer:
         hp = self.hp
         global_idx = self.cursor.next_indices(hp.prompts_per_step)
         per_rank = hp.prompts_per_step // self.world
-        self.local_rows = [self.rows[i] for i in global_idx[self.rank * per_rank:(self.rank + 1) * per_rank]]
-        local_prompts = [self.prompts[i] for i in global_idx[self.rank * per_rank:(self.rank + 1) * per_rank]]
+        self.local_rows = [
+            self.rows[i] for i in global_idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+        ]
+        local_prompts = [
+            self.prompts[i] for i in global_idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+        ]
         prompts = [p for p in local_prompts for _ in range(hp.group_size)]
-        return generate(self.acc.unwrap_model(self.policy), self.tokenizer, prompts,
-                        max_new_tokens=hp.max_new_tokens, max_prompt_tokens=hp.max_prompt_tokens,
-                        temperature=hp.temperature, top_p=hp.top_p)
+        return generate(
+            self.acc.unwrap_model(self.policy),
+            self.tokenizer,
+            prompts,
+            max_new_tokens=hp.max_new_tokens,
+            max_prompt_tokens=hp.max_prompt_tokens,
+            temperature=hp.temperature,
+            top_p=hp.top_p,
+        )
 
     def _score(self, rollout: Rollout):
         """Sequence rewards (B,), which samples to keep (B,), per-sample records, reward metrics."""
@@ -304,25 +368,43 @@ class Trainer:
 
         G, step = self.hp.group_size, self.state.step + 1
         rows = [r for r in self.local_rows for _ in range(G)]
-        items = [RewardItem(id=f"{step}-{self.rank * len(self.local_rows) + i // G}-{i % G}",
-                            prompt=p, completion=c, group=self.rank * len(self.local_rows) + i // G,
-                            label=row.get("label"), metadata=row.get("metadata") or {})
-                 for i, (p, c, row) in enumerate(zip(rollout.prompts, rollout.completions, rows))]
+        items = [
+            RewardItem(
+                id=f"{step}-{self.rank * len(self.local_rows) + i // G}-{i % G}",
+                prompt=p,
+                completion=c,
+                group=self.rank * len(self.local_rows) + i // G,
+                label=row.get("label"),
+                metadata=row.get("metadata") or {},
+            )
+            for i, (p, c, row) in enumerate(zip(rollout.prompts, rollout.completions, rows, strict=True))
+        ]
         result = self.reward_log.lookup(step, items)
         replayed = result is not None
         if result is None:
             result = self.scorer.score(step, items)
             self.reward_log.record(step, items, result)
         keep = torch.tensor([r is not None for r in result.rewards], dtype=torch.bool)
-        raw = torch.tensor([r if r is not None else float("nan") for r in result.rewards], dtype=torch.float32)
+        raw = torch.tensor(
+            [r if r is not None else float("nan") for r in result.rewards], dtype=torch.float32
+        )
         # A skipped sample takes its group's mean so that it moves no advantage; its tokens are masked out.
         groups = raw.view(-1, G)
         fill = torch.nan_to_num(torch.nanmean(groups, dim=1, keepdim=True), nan=0.0).expand_as(groups)
         scores = torch.where(torch.isnan(groups), fill, groups).reshape(-1)
         n = min(self.hp.samples_per_step, len(items))
-        samples = [{"index": i, "group": items[i].group, "prompt": items[i].prompt,
-                    "completion": items[i].completion, "reward": result.rewards[i],
-                    "label": items[i].label, "error": result.errors[i]} for i in range(n)]
+        samples = [
+            {
+                "index": i,
+                "group": items[i].group,
+                "prompt": items[i].prompt,
+                "completion": items[i].completion,
+                "reward": result.rewards[i],
+                "label": items[i].label,
+                "error": result.errors[i],
+            }
+            for i in range(n)
+        ]
         metrics = dict(result.metrics)
         if replayed:
             metrics["reward_endpoint/replayed"] = 1.0
@@ -365,14 +447,23 @@ class Trainer:
     def _forward_all(self, model, rollout: Rollout) -> torch.Tensor:
         outs = []
         for s in self._micro_slices(rollout.input_ids.shape[0]):
-            lp, _ = token_logprobs(model, rollout.input_ids[s], rollout.attention_mask[s], rollout.position_ids[s],
-                                   rollout.num_completion_columns, self.hp.temperature, self.hp.logprob_chunk_size)
+            lp, _ = token_logprobs(
+                model,
+                rollout.input_ids[s],
+                rollout.attention_mask[s],
+                rollout.position_ids[s],
+                rollout.num_completion_columns,
+                self.hp.temperature,
+                self.hp.logprob_chunk_size,
+            )
             outs.append(lp.float())
         return torch.cat(outs)
 
     def _values_all(self, rollout: Rollout) -> torch.Tensor:
         T = rollout.num_completion_columns
-        return torch.cat([self._values(rollout, s, T) for s in self._micro_slices(rollout.input_ids.shape[0])])
+        return torch.cat(
+            [self._values(rollout, s, T) for s in self._micro_slices(rollout.input_ids.shape[0])]
+        )
 
     def _values(self, rollout: Rollout, s: slice, T: int) -> torch.Tensor:
         # V(s_t) for the state before completion token t: the hidden state at the previous position.
@@ -389,7 +480,7 @@ class Trainer:
         for _ in range(hp.epochs_per_rollout):
             order = torch.randperm(B) if self.num_minibatches > 1 else torch.arange(B)
             for start in range(0, B, self.minibatch_size):
-                idx = order[start:start + self.minibatch_size].to(self.acc.device)
+                idx = order[start : start + self.minibatch_size].to(self.acc.device)
                 for k, v in self._minibatch_step(batch, idx).items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -403,15 +494,20 @@ class Trainer:
         metrics: dict[str, float] = {}
         for i, s in enumerate(slices):
             micro = idx[s]
-            weight = (batch.mask[micro].sum() / mb_tokens if hp.loss_agg == "token_mean"
-                      else torch.tensor(len(micro) / len(idx)))
+            weight = (
+                batch.mask[micro].sum() / mb_tokens
+                if hp.loss_agg == "token_mean"
+                else torch.tensor(len(micro) / len(idx))
+            )
             models = [self.policy] + ([self.value] if self.value is not None else [])
             ctx = self.acc.no_sync(models[0]) if i < len(slices) - 1 and self.world > 1 else _null()
             with ctx:
                 loss, m = self._micro_loss(batch, micro)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the loss is {loss.item()} at step {self.state.step + 1}: lower "
-                                           "hyperparameters.learning_rate or check the rewards")
+                    raise TrainingDiverged(
+                        f"the loss is {loss.item()} at step {self.state.step + 1}: lower "
+                        "hyperparameters.learning_rate or check the rewards"
+                    )
                 self.acc.backward(loss * weight)
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) * float(weight)
@@ -424,16 +520,28 @@ class Trainer:
         hp, r = self.hp, batch.rollout
         T = r.num_completion_columns
         mask = batch.mask[micro]
-        logprobs, entropy = token_logprobs(self.policy, r.input_ids[micro], r.attention_mask[micro],
-                                           r.position_ids[micro], T, hp.temperature, hp.logprob_chunk_size,
-                                           with_entropy=True)
+        logprobs, entropy = token_logprobs(
+            self.policy,
+            r.input_ids[micro],
+            r.attention_mask[micro],
+            r.position_ids[micro],
+            T,
+            hp.temperature,
+            hp.logprob_chunk_size,
+            with_entropy=True,
+        )
         logprobs = logprobs.float()
         old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logprobs.detach()
-        pg_loss, pm = alg.ppo_clip_loss(logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high,
-                                        agg=hp.loss_agg)
+        pg_loss, pm = alg.ppo_clip_loss(
+            logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high, agg=hp.loss_agg
+        )
         loss = pg_loss
-        metrics = {"loss/policy": pg_loss.detach(), "policy/clipfrac": pm["clipfrac"],
-                   "policy/approx_kl": pm["approx_kl"], "policy/entropy": alg.masked_mean(entropy, mask)}
+        metrics = {
+            "loss/policy": pg_loss.detach(),
+            "policy/clipfrac": pm["clipfrac"],
+            "policy/approx_kl": pm["approx_kl"],
+            "policy/entropy": alg.masked_mean(entropy, mask),
+        }
         if batch.ref_logprobs is not None:
             kl = alg.kl_estimate(logprobs, batch.ref_logprobs[micro], hp.kl_estimator)
             metrics["kl/mean"] = alg.masked_mean(kl.detach(), mask)
@@ -443,8 +551,9 @@ class Trainer:
                 metrics["loss/kl"] = kl_loss.detach()
         if self.value is not None:
             values = self._values(r, micro, T)
-            v_loss, vm = alg.value_loss(values, batch.old_values[micro], batch.returns[micro], mask,
-                                        hp.value_clip, agg=hp.loss_agg)
+            v_loss, vm = alg.value_loss(
+                values, batch.old_values[micro], batch.returns[micro], mask, hp.value_clip, agg=hp.loss_agg
+            )
             loss = loss + hp.vf_coef * v_loss
             metrics["loss/value"] = v_loss.detach()
             metrics["value/clipfrac"] = vm["vf_clipfrac"]
@@ -459,8 +568,10 @@ class Trainer:
             norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
         norm = float(norm)
         if not math.isfinite(norm):
-            raise TrainingDiverged(f"the gradient norm is {norm} at step {self.state.step + 1}: lower "
-                                   "hyperparameters.learning_rate or check the rewards")
+            raise TrainingDiverged(
+                f"the gradient norm is {norm} at step {self.state.step + 1}: lower "
+                "hyperparameters.learning_rate or check the rewards"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -468,15 +579,20 @@ class Trainer:
 
     # ---- metrics -------------------------------------------------------------------------------------------
 
-    def _step_metrics(self, batch: Batch, train: dict[str, float], reward: dict[str, float]) -> dict[str, float]:
+    def _step_metrics(
+        self, batch: Batch, train: dict[str, float], reward: dict[str, float]
+    ) -> dict[str, float]:
         G = self.hp.group_size
         scores = self.acc.gather(batch.scores.float())
         lengths = self.acc.gather(batch.rollout.response_mask.sum(dim=1).float())
         truncated = self.acc.gather(batch.rollout.truncated.float())
         m: dict[str, float] = {
-            "reward/mean": scores.mean().item(), "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-            "reward/min": scores.min().item(), "reward/max": scores.max().item(),
-            "completion/length_mean": lengths.mean().item(), "completion/clipped_ratio": truncated.mean().item(),
+            "reward/mean": scores.mean().item(),
+            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+            "reward/min": scores.min().item(),
+            "reward/max": scores.max().item(),
+            "completion/length_mean": lengths.mean().item(),
+            "completion/clipped_ratio": truncated.mean().item(),
             "kl/coef": float(self.kl_ctl.value),
         }
         if not self.is_ppo:
@@ -489,8 +605,11 @@ class Trainer:
             var_ret = ret.var().item() if ret.numel() > 1 else 0.0
             m["value/explained_variance"] = (1.0 - (ret - v).var().item() / var_ret) if var_ret > 0 else 0.0
         for k, v in train.items():
-            m[k] = float(self.acc.reduce(torch.tensor(v, device=self.acc.device), reduction="mean").item()) \
-                if self.world > 1 else v
+            m[k] = (
+                float(self.acc.reduce(torch.tensor(v, device=self.acc.device), reduction="mean").item())
+                if self.world > 1
+                else v
+            )
         m.update(reward)
         return m
 
@@ -506,9 +625,12 @@ class Trainer:
         path = manifest = None
         merge = final and self.spec.model.lora is not None and self.spec.model.merge_lora_on_save
         if self.acc.is_main_process:
-            path, manifest = ckpt.save_checkpoint(self.output_dir, self.state.step,
-                                                  lambda d: self._write_checkpoint(d, merge),
-                                                  keep=self.hp.keep_checkpoints)
+            path, manifest = ckpt.save_checkpoint(
+                self.output_dir,
+                self.state.step,
+                lambda d: self._write_checkpoint(d, merge),
+                keep=self.hp.keep_checkpoints,
+            )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             self.callbacks.on_checkpoint(self.state.step, str(path), manifest)
@@ -521,12 +643,16 @@ class Trainer:
         if merge:  # a plain model beside the adapter, for tools that do not read adapters
             import copy
 
-            copy.deepcopy(policy).merge_and_unload().save_pretrained(directory / "merged", safe_serialization=True)
+            copy.deepcopy(policy).merge_and_unload().save_pretrained(
+                directory / "merged", safe_serialization=True
+            )
             self.tokenizer.save_pretrained(directory / "merged")
         if self.value is not None:
             self.acc.unwrap_model(self.value).save(directory / "value_model")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   directory / "optimizer.pt")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            directory / "optimizer.pt",
+        )
         self.state.save(directory)
 
 

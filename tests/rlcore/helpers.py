@@ -20,18 +20,27 @@ def tiny_model(tmp_root: Path, size: str = "tiny") -> str:
 
 
 def make_spec(model: str, algorithm: str = "grpo", lora=None, **hp) -> JobSpec:
-    hyper = dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=8, learning_rate=1e-2,
-                 checkpoint_every=0, seed=1)
+    hyper = dict(
+        steps=3,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        checkpoint_every=0,
+        seed=1,
+    )
     if algorithm == "ppo":
         hyper["group_size"] = 1
         hyper["prompts_per_step"] = 4
     hyper.update(hp)
-    return JobSpec.model_validate({
-        "algorithm": algorithm,
-        "model": {"name_or_path": model, "lora": lora},
-        "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS]},
-        "hyperparameters": hyper,
-    })
+    return JobSpec.model_validate(
+        {
+            "algorithm": algorithm,
+            "model": {"name_or_path": model, "lora": lora},
+            "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS]},
+            "hyperparameters": hyper,
+        }
+    )
 
 
 def dense_reward(prompts, completions, **fields):

@@ -1,4 +1,4 @@
-"""`rlft train SPEC --local`: a job on this machine, against a real HTTP reward server or a Python callable."""
+"""`rlft train SPEC --local`: a job on this machine, with a real HTTP reward server or a Python callable."""
 
 from __future__ import annotations
 
@@ -26,8 +26,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def letter_server():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.rewards.letter:app", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.rewards.letter:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -53,12 +64,20 @@ def _spec(tmp_path: Path, model: str, **reward) -> Path:
 
 def _rlft(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "rlft.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rlft.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
-def test_local_run_against_an_http_reward_server_learns_and_checkpoints(tmp_path, tiny_model_path, letter_server):
+def test_local_run_against_an_http_reward_server_learns_and_checkpoints(
+    tmp_path, tiny_model_path, letter_server
+):
     spec = _spec(tmp_path, tiny_model_path, url=letter_server)
     proc = _rlft("train", str(spec), "--local", "--output", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -73,7 +92,9 @@ def test_local_run_against_an_http_reward_server_learns_and_checkpoints(tmp_path
 
 def test_local_run_with_a_python_reward_and_resume(tmp_path, tiny_model_path):
     (tmp_path / "myreward.py").write_text(
-        "def reward(prompts, completions, **kw):\n    return [c.count('a') / max(len(c), 1) for c in completions]\n")
+        "def reward(prompts, completions, **kw):\n"
+        "    return [c.count('a') / max(len(c), 1) for c in completions]\n"
+    )
     spec = _spec(tmp_path, tiny_model_path)
     proc = _rlft("train", str(spec), "--local", "-o", "out", "--reward-fn", "myreward:reward", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

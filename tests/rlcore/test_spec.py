@@ -31,19 +31,24 @@ def test_defaults_resolve_per_algorithm():
     assert _spec(resources={"gpus": 0}).queue == "cpu"
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"hyperparameters": {"prompts_per_step": 3, "group_size": 2, "minibatch_size": 4}},
-     "prompts_per_step * group_size (6) must divide by minibatch_size (4)"),
-    ({"hyperparameters": {"group_size": 1}}, "group_size must be at least 2 for grpo"),
-    ({"dataset": {"rows": []}}, "dataset.rows is empty"),
-    ({"dataset": {"rows": [{"text": "x"}]}}, "dataset.rows[0] needs a 'prompt'"),
-    ({"dataset": {"rows": [{"prompt": "x"}], "path": "a.jsonl"}}, "give exactly one of"),
-    ({"reward": {"url": "ftp://x"}}, "reward.url must start with http:// or https://"),
-    ({"hyperparameters": {"kl_target": 6.0}}, "kl_target (adaptive KL) needs kl_in='reward'"),
-    ({"hyperparameters": {"learning_rate": -1}}, "learning_rate"),
-    ({"hyperparameters": {"stepz": 3}}, "stepz"),
-    ({"algorithm": "dpo"}, "algorithm"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        (
+            {"hyperparameters": {"prompts_per_step": 3, "group_size": 2, "minibatch_size": 4}},
+            "prompts_per_step * group_size (6) must divide by minibatch_size (4)",
+        ),
+        ({"hyperparameters": {"group_size": 1}}, "group_size must be at least 2 for grpo"),
+        ({"dataset": {"rows": []}}, "dataset.rows is empty"),
+        ({"dataset": {"rows": [{"text": "x"}]}}, "dataset.rows[0] needs a 'prompt'"),
+        ({"dataset": {"rows": [{"prompt": "x"}], "path": "a.jsonl"}}, "give exactly one of"),
+        ({"reward": {"url": "ftp://x"}}, "reward.url must start with http:// or https://"),
+        ({"hyperparameters": {"kl_target": 6.0}}, "kl_target (adaptive KL) needs kl_in='reward'"),
+        ({"hyperparameters": {"learning_rate": -1}}, "learning_rate"),
+        ({"hyperparameters": {"stepz": 3}}, "stepz"),
+        ({"algorithm": "dpo"}, "algorithm"),
+    ],
+)
 def test_invalid_specs_say_what_to_fix(over, message):
     assert message in _error(**over)
 

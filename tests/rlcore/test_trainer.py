@@ -14,14 +14,36 @@ from rlcore.trainer import Trainer, train
 from tests.rlcore.helpers import dense_reward, letter_reward, make_spec
 
 GRPO_METRICS = {
-    "reward/mean", "reward/std", "reward/min", "reward/max", "reward/frac_zero_std_groups", "policy/entropy",
-    "policy/clipfrac", "policy/approx_kl", "loss/policy", "completion/length_mean", "completion/clipped_ratio",
-    "optim/lr", "optim/grad_norm", "time/generate_s", "time/reward_s", "time/train_s", "time/step_s",
-    "throughput/tokens_per_s", "memory/peak_bytes", "reward_endpoint/latency_p50_ms",
-    "reward_endpoint/latency_p95_ms", "reward_endpoint/errors", "reward_endpoint/retries",
+    "reward/mean",
+    "reward/std",
+    "reward/min",
+    "reward/max",
+    "reward/frac_zero_std_groups",
+    "policy/entropy",
+    "policy/clipfrac",
+    "policy/approx_kl",
+    "loss/policy",
+    "completion/length_mean",
+    "completion/clipped_ratio",
+    "optim/lr",
+    "optim/grad_norm",
+    "time/generate_s",
+    "time/reward_s",
+    "time/train_s",
+    "time/step_s",
+    "throughput/tokens_per_s",
+    "memory/peak_bytes",
+    "reward_endpoint/latency_p50_ms",
+    "reward_endpoint/latency_p95_ms",
+    "reward_endpoint/errors",
+    "reward_endpoint/retries",
 }
-PPO_METRICS = (GRPO_METRICS - {"reward/frac_zero_std_groups"}) | {"loss/value", "value/mean",
-                                                                   "value/explained_variance", "kl/mean"}
+PPO_METRICS = (GRPO_METRICS - {"reward/frac_zero_std_groups"}) | {
+    "loss/value",
+    "value/mean",
+    "value/explained_variance",
+    "kl/mean",
+}
 
 
 class Recorder(Callback):
@@ -87,8 +109,9 @@ def test_first_update_ratio_is_exactly_one(tmp_path, tiny_model_path):
 
 def test_several_epochs_and_minibatches_compute_old_logprobs(tmp_path, tiny_model_path):
     # First minibatch of the first epoch: old and new agree up to float noise; later ones move away.
-    spec = make_spec(tiny_model_path, "grpo", steps=1, epochs_per_rollout=2, minibatch_size=4,
-                     micro_batch_size=2)
+    spec = make_spec(
+        tiny_model_path, "grpo", steps=1, epochs_per_rollout=2, minibatch_size=4, micro_batch_size=2
+    )
     rec = Recorder()
     train(spec, tmp_path, reward_fn=dense_reward, callbacks=[rec])
     assert rec.metrics[0][1]["policy/approx_kl"] > 0.0
@@ -101,8 +124,13 @@ def test_no_reference_model_when_kl_coef_is_zero(tmp_path, tiny_model_path):
 
 
 def test_lora_trains_adapters_only_and_reference_is_the_same_model(tmp_path, tiny_model_path):
-    spec = make_spec(tiny_model_path, "grpo", steps=2, kl_coef=0.1,
-                     lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    spec = make_spec(
+        tiny_model_path,
+        "grpo",
+        steps=2,
+        kl_coef=0.1,
+        lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
     trainer = Trainer(spec, tmp_path, reward_fn=dense_reward)
     assert trainer.reference.model is None  # adapters disabled, no second copy
     before = _params(trainer.policy)
@@ -134,8 +162,13 @@ def test_stop_request_writes_a_checkpoint_and_raises(tmp_path, tiny_model_path):
 
     rec = Recorder()
     with pytest.raises(Interrupted):
-        train(make_spec(tiny_model_path, "grpo", steps=5), tmp_path, reward_fn=letter_reward,
-              callbacks=[rec], should_stop=stop_after_one)
+        train(
+            make_spec(tiny_model_path, "grpo", steps=5),
+            tmp_path,
+            reward_fn=letter_reward,
+            callbacks=[rec],
+            should_stop=stop_after_one,
+        )
     assert rec.checkpoints[-1][0] == 1
     assert rec.ended[0] == "interrupted"
     state = json.loads((tmp_path / "checkpoints" / "step-000001" / "trainer_state.json").read_text())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlcore import fastpath as F
 from rlcore import rollout as R
 from rlcore.testing import make_tiny_model
 
@@ -35,10 +36,10 @@ def model_and_tokenizer(request, tmp_path_factory):
 def test_fast_sampler_draws_the_same_tokens_as_generate(model_and_tokenizer, temperature):
     model, tok = model_and_tokenizer
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
-    assert R.fast_sampling_supported(model, top_p=1.0)
+    assert F.fast_sampling_supported(model, top_p=1.0)
     torch.manual_seed(11)
     with torch.no_grad():
-        fast = R.fast_sample(
+        fast = F.fast_sample(
             model,
             enc["input_ids"],
             enc["attention_mask"],
@@ -60,7 +61,7 @@ def test_lean_forward_matches_the_hf_forward_and_its_gradients(model_and_tokeniz
     )
     args = (rollout.input_ids, rollout.attention_mask, rollout.position_ids)
     mask = rollout.response_mask.bool()
-    assert R._lean_forward_supported(model, rollout.input_ids)
+    assert F.lean_forward_supported(model, rollout.input_ids)
     lean = R.completion_logits(model, *args, 16)
     ref = model(
         input_ids=args[0], attention_mask=args[1], position_ids=args[2], logits_to_keep=17, use_cache=False
@@ -77,10 +78,10 @@ def test_lean_forward_matches_the_hf_forward_and_its_gradients(model_and_tokeniz
 
 def test_nucleus_sampling_and_adapters_use_generate(model_and_tokenizer):
     model, _ = model_and_tokenizer
-    assert not R.fast_sampling_supported(model, top_p=0.9)
+    assert not F.fast_sampling_supported(model, top_p=0.9)
     import copy
 
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear"))
-    assert not R.fast_sampling_supported(peft_model, top_p=1.0)
+    assert not F.fast_sampling_supported(peft_model, top_p=1.0)
