@@ -13,10 +13,12 @@ from rlcore.errors import Interrupted
 from rlcore.trainer import train
 from tests.rlcore.helpers import letter_reward, make_spec
 
-# Step budgets: measured 14 (GRPO) and 21 (PPO) steps to 0.9 with these settings; the budget leaves room.
+# Step budgets: GRPO reached 0.9 in 14-20 steps and PPO in 17-23 over seeds 1-5 with these settings. PPO
+# gets 32 prompts per step: with 16, a first batch without a single 'a' (0.5 expected) leaves only the
+# critic's noise in the whitened advantages, and one seed in four collapsed before it found the reward.
 CASES = {
     "grpo": dict(steps=40, prompts_per_step=4, group_size=8, max_new_tokens=8, learning_rate=2e-2),
-    "ppo": dict(steps=60, prompts_per_step=16, max_new_tokens=8, learning_rate=2e-2),
+    "ppo": dict(steps=60, prompts_per_step=32, max_new_tokens=8, learning_rate=2e-2),
 }
 
 
