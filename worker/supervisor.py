@@ -93,7 +93,8 @@ class Supervisor:
         self.job_dir = Path(settings.data_dir) / "worker" / "jobs" / job_id
         self.output_dir = self.job_dir / "output"
         self.progress = Progress()
-        self.stop_action: str | None = None  # cancel | pause | time_limit, once asked
+        self.stop_action: str | None = None  # cancel | pause | time_limit | shutdown, once asked
+        self.multi_gpu = False
 
     # -- the whole attempt ------------------------------------------------------------------------------
 
@@ -193,17 +194,24 @@ class Supervisor:
         if self.settings.allow_private_reward_urls:
             args.append("--allow-private")
         gpus = int((spec.get("resources") or {}).get("gpus", 0))
-        if gpus > 1:
-            cmd = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
+        self.multi_gpu = gpus > 1
+        if self.multi_gpu:
+            # torchrun through accelerate, one rank per GPU, a rendezvous port of its own so that two jobs on
+            # one machine never meet. Precision is the engine's choice (its Accelerator), not the launcher's.
+            launch = [
+                "--multi_gpu",
                 "--num_processes",
                 str(gpus),
-                "-m",
-                "worker.child",
-                *args,
+                "--num_machines",
+                "1",
+                "--main_process_port",
+                str(_free_port()),
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
             ]
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "worker.child", *args]
         else:
             cmd = [sys.executable, "-m", "worker.child", *args]
         log_file = open(attempt_dir / "child.log", "ab")  # noqa: SIM115 - the child owns it from here
@@ -249,7 +257,7 @@ class Supervisor:
                     self.stop_action = "shutdown"
                 if self.stop_action and stop_sent_at is None:
                     stop_sent_at = now
-                    _signal(child, signal.SIGTERM)
+                    _signal(child, signal.SIGTERM, ranks=self.multi_gpu)
                 elif stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
                     _signal(child, signal.SIGKILL)
                 time.sleep(self.poll_s)
@@ -372,13 +380,55 @@ def _tail(path: Path, max_bytes: int = 1500) -> str:
         return "(no log)"
 
 
-def _signal(child: subprocess.Popen, sig: int) -> None:
-    if child.poll() is None:
-        try:
-            # The child leads its own session: signal the group, so `accelerate launch` ranks get it too.
+def _signal(child: subprocess.Popen, sig: int, *, ranks: bool = False) -> None:
+    """Signal the training process. With ``ranks`` (under ``accelerate launch``) SIGTERM goes to the ranks
+    only: they must checkpoint and exit on their own, while the launcher, told to stop, would kill them after
+    a short grace of its own. SIGKILL goes to the child's group and its ranks (which torchrun starts in
+    sessions of their own; they also die with their parent, see worker/child.py)."""
+    if child.poll() is not None:
+        return
+    rank_pids = _training_descendants(child.pid) if ranks or sig == signal.SIGKILL else []
+    try:
+        if sig == signal.SIGKILL:
             os.killpg(child.pid, sig)
+        elif not rank_pids:
+            os.kill(child.pid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in rank_pids:
+        try:
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _training_descendants(root: int) -> list[int]:
+    """Pids of ``worker.child`` processes below ``root`` in the process tree (Linux /proc; else none)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent:
+                frontier.append(pid)
+                if b"worker.child" in commands.get(pid, b""):
+                    found.append(pid)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _write_private(path: Path, text: str) -> Path:

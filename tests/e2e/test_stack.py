@@ -295,3 +295,21 @@ def test_a_brief_api_outage_loses_nothing(stack):
     for step in range(1, steps + 1):
         got = stack.request("GET", f"/v1/jobs/{job['id']}/samples", params={"step": step}).json()
         assert got["step"] == step and got["data"], f"the samples of step {step} are missing"
+
+
+def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpoint(stack):
+    # `resources.gpus: 2` on the cpu queue: two torchrun ranks with the gloo backend, what a CPU-only CI can
+    # run of the multi-GPU path. Cancel reaches the ranks, which checkpoint and exit; the launcher follows.
+    spec = make_spec(stack, "grpo", steps=200, checkpoint_every=0)
+    spec["resources"] = {"gpus": 2, "queue": "cpu"}
+    job = stack.submit(spec)
+    wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "two steps", stack)
+    assert stack.request("POST", f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    done = stack.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, 90)
+    assert done["status"] == "cancelled", done.get("error")
+    ckpts = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
+    assert ckpts, "the ranks wrote no checkpoint when stopped"
+    workers = [w.pid for w in stack.workers]
+    wait_for(lambda: not training_children(workers), 30, "the ranks and the launcher to exit", stack)
+    (log,) = list(stack.root.glob(f"worker-*/worker/jobs/{job['id']}/attempt-*/child.log"))
+    assert "got signal: 15" not in log.read_text(), "the launcher was stopped instead of its ranks"
