@@ -310,13 +310,21 @@ class Supervisor:
         if error:
             self._event("error", error["message"], {"code": error["code"]})
         # Everything the child reported goes first, the last checkpoint's registration included.
-        if not self.relay.drain(timeout_s=FINISH_WITHIN_S):
+        try:
+            drained = self.relay.drain(timeout_s=FINISH_WITHIN_S)
+        except LeaseLost as exc:
+            log.warning("job %s: lease lost while relaying the last reports (%s)", self.job_id, exc)
+            return "lease_lost"
+        if not drained:
+            # Finishing now would lose them; the reaper's next attempt replays from the last registered
+            # checkpoint and reports them again.
             log.error(
-                "job %s: %d items could not be relayed: %s",
+                "job %s: %d reports could not be relayed (%s); left to the reaper",
                 self.job_id,
                 self.relay.pending,
                 self.relay.last_error,
             )
+            return "unfinished"
         if status is None:
             log.warning("job %s: training stopped for a worker shutdown; the reaper requeues it", self.job_id)
             return "interrupted"
@@ -329,6 +337,9 @@ class Supervisor:
         except LeaseLost as exc:
             log.warning("job %s: finish refused (%s)", self.job_id, exc)
             return "lease_lost"
+        except ServiceUnavailable as exc:
+            log.error("job %s: could not report %s (%s); left to the reaper", self.job_id, status, exc)
+            return "unfinished"
         if status in ("succeeded", "failed", "cancelled"):
             # Every checkpoint is in the artifact store; the local copies only cost disk.
             shutil.rmtree(self.output_dir, ignore_errors=True)

@@ -137,3 +137,18 @@ def test_resume_uses_the_registered_checkpoint_never_a_newer_local_one(tmp_path,
     assert names == ["step-000002", "step-000004"]
     assert sup._restore(None) is None  # nothing registered: start over, and no local checkpoint is kept
     assert list((sup.output_dir / "checkpoints").iterdir()) == []
+
+
+def test_no_finish_while_reports_are_still_undelivered(tmp_path, recording_server, monkeypatch):
+    from worker import supervisor as mod
+    from worker.relay import Relay
+
+    monkeypatch.setattr(mod, "FINISH_WITHIN_S", 0.5)
+    recording_server.start()
+    recording_server.replies["metrics"] = [(503, {})] * 100
+    sup = Supervisor("job-1", _settings(tmp_path, recording_server))
+    sup.relay = Relay(sup.client, fence=3, backoff_initial_s=0.05, backoff_max_s=0.1)
+    sup.relay.add("metrics", {"step": 9, "name": "reward/mean", "value": 1.0})
+    # Finishing would lose step 9; left unfinished, the next attempt replays it from the last checkpoint.
+    assert sup._finish(ChildOutcome("succeeded"), tmp_path) == "unfinished"
+    assert "finish" not in recording_server.actions()
