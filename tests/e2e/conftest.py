@@ -323,28 +323,17 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 
 
 def _start_reward_servers(s: Stack) -> None:
+    # "slow" answers after 200 ms: a floor under the step time of the jobs a test must catch while running.
     apps = {
-        "letter": "examples.rewards.letter:app",
-        "openrlhf": "examples.rewards.openrlhf_letter:app",
-        "failing": "tests.e2e.failing_reward:app",
+        "letter": ("examples.rewards.letter:app", {}),
+        "slow": ("examples.rewards.letter:app", {"RLFT_REWARD_DELAY_MS": "200"}),
+        "openrlhf": ("examples.rewards.openrlhf_letter:app", {}),
+        "failing": ("tests.e2e.failing_reward:app", {}),
     }
-    for name, target in apps.items():
+    for name, (target, extra_env) in apps.items():
         port = free_port()
-        s.spawn(
-            f"reward-{name}",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                target,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-        )
+        cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
+        s.spawn(f"reward-{name}", [*cmd, "--log-level", "warning"], extra_env)
         s.reward_urls[name] = f"http://127.0.0.1:{port}/"
     for name, url in s.reward_urls.items():
         wait_for(lambda url=url: _answers(url), 60, f"reward server {name}", s)

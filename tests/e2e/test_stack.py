@@ -46,7 +46,8 @@ PPO = dict(
     seed=1,
 )
 JOB_TIMEOUT_S = 420
-# Jobs that a test interrupts run 30 steps (~0.5 s each here) so that they are still running when it acts.
+# Jobs that a test interrupts score against the "slow" reward server (200 ms a step at least) and run
+# 30 steps or more, so that they are still running when the test acts.
 QUIET_CHECK_S = 4.0  # how long a cancelled job is watched for late metrics
 FIGURES: dict[str, Any] = {}
 
@@ -152,7 +153,7 @@ def test_openrlhf_reward_protocol(stack, tmp_path):
 
 
 def test_a_duplicate_delivery_is_ignored_and_cancel_stops_a_running_job(stack):
-    job = stack.submit(make_spec(stack, "grpo", steps=200, checkpoint_every=0))
+    job = stack.submit(make_spec(stack, "grpo", reward="slow", steps=200, checkpoint_every=0))
     wait_for(lambda: stack.metrics(job["id"], "reward/mean"), JOB_TIMEOUT_S, "a first metric", stack)
     # At-least-once delivery: the same job id arrives again while it runs. The live lease wins.
     stack.enqueue_again(job["id"], "cpu")
@@ -181,7 +182,7 @@ def test_a_duplicate_delivery_is_ignored_and_cancel_stops_a_running_job(stack):
 
 def test_sigkill_worker_mid_job_resumes_on_another(stack):
     steps = 30
-    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=3))
+    job = stack.submit(make_spec(stack, "grpo", reward="slow", steps=steps, checkpoint_every=3))
     wait_for(
         lambda: (
             len(stack.metrics(job["id"], "reward/mean")) >= 4
@@ -243,7 +244,7 @@ def test_reward_endpoint_down_fails_the_job_and_the_worker_serves_on(stack):
 def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
     steps = 30
     # No periodic checkpoints: the only one to resume from is the one the shutdown writes.
-    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=0))
+    job = stack.submit(make_spec(stack, "grpo", reward="slow", steps=steps, checkpoint_every=0))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     holder = _holder(stack, job["id"])
     holder.signal_group(signal.SIGTERM)  # Celery's warm shutdown, as `docker stop` would send
@@ -262,7 +263,7 @@ def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
 
 def test_pause_then_resume_continues_from_the_pause_checkpoint(stack):
     steps = 30
-    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=0))
+    job = stack.submit(make_spec(stack, "grpo", reward="slow", steps=steps, checkpoint_every=0))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     assert stack.request("POST", f"/v1/jobs/{job['id']}/pause").status_code == 200
     paused = stack.wait_status(job["id"], {"paused", "failed", "succeeded"}, 60)
@@ -278,8 +279,8 @@ def test_pause_then_resume_continues_from_the_pause_checkpoint(stack):
 def test_a_brief_api_outage_loses_nothing(stack):
     # Four seconds against a five-second lease: the service may or may not reap the job meanwhile; either
     # way the job must end with every step's metrics and samples exactly once.
-    steps = 20
-    job = stack.submit(make_spec(stack, "grpo", steps=steps, checkpoint_every=4))
+    steps = 40
+    job = stack.submit(make_spec(stack, "grpo", reward="slow", steps=steps, checkpoint_every=4))
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     (api,) = [p for p in stack.procs if p.name == "api"]
     api.signal_group(signal.SIGSTOP)  # requests time out meanwhile: the worker buffers and backs off
@@ -300,7 +301,7 @@ def test_a_brief_api_outage_loses_nothing(stack):
 def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpoint(stack):
     # `resources.gpus: 2` on the cpu queue: two torchrun ranks with the gloo backend, what a CPU-only CI can
     # run of the multi-GPU path. Cancel reaches the ranks, which checkpoint and exit; the launcher follows.
-    spec = make_spec(stack, "grpo", steps=200, checkpoint_every=0)
+    spec = make_spec(stack, "grpo", reward="slow", steps=200, checkpoint_every=0)
     spec["resources"] = {"gpus": 2, "queue": "cpu"}
     job = stack.submit(spec)
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "two steps", stack)
