@@ -278,6 +278,9 @@ class Supervisor:
         except ServiceUnavailable as exc:
             log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             return False
+        except ServiceRejected as exc:
+            # The job is gone (404) or this worker may no longer act for it (401/403): as a lost lease.
+            raise LeaseLost(f"heartbeat refused: {exc}") from exc
         action = answer.get("action", "continue")
         if action in ("cancel", "pause") and self.stop_action is None:
             log.info("job %s: %s requested; stopping the training process", self.job_id, action)

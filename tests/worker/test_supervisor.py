@@ -152,3 +152,14 @@ def test_no_finish_while_reports_are_still_undelivered(tmp_path, recording_serve
     # Finishing would lose step 9; left unfinished, the next attempt replays it from the last checkpoint.
     assert sup._finish(ChildOutcome("succeeded"), tmp_path) == "unfinished"
     assert "finish" not in recording_server.actions()
+
+
+def test_a_heartbeat_refused_as_not_found_stops_like_a_lost_lease(tmp_path, recording_server):
+    from rlcore.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", "tiny")
+    recording_server.start()
+    recording_server.replies["claim"] = [(200, _claim(str(model), f"{recording_server.url}/reward"))]
+    recording_server.replies["heartbeat"] = [(404, {"detail": {"code": "not_found"}})]
+    assert Supervisor("job-1", _settings(tmp_path, recording_server)).run() == "lease_lost"
+    assert "finish" not in recording_server.actions()
