@@ -82,9 +82,37 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def _no_nul(value: Any) -> Any:
+    """Strings with NUL replaced by U+FFFD, through dicts and lists. Postgres text and JSON refuse NUL, and
+    a byte-level model (or a user's dataset) can emit it; SQLite would keep it. Both now store the same."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
+
+
+class SafeText(TypeDecorator[str]):
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return _no_nul(value)
+
+
+class SafeJSON(TypeDecorator[Any]):
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return _no_nul(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: SafeJSON(), list[Any]: SafeJSON()}
 
 
 class Tenant(Base):
@@ -115,7 +143,7 @@ class File(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(40))
-    location: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(SafeText)
     bytes: Mapped[int] = mapped_column(BigInteger)
     rows: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -134,17 +162,17 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(20))
     algorithm: Mapped[str] = mapped_column(String(20))
-    model: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(SafeText)
     queue: Mapped[str] = mapped_column(String(100))
     # The spec as clients see it (header values masked); the headers live encrypted beside it.
     spec: Mapped[dict[str, Any]]
-    secret_headers: Mapped[str | None] = mapped_column(Text)
-    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    secret_headers: Mapped[str | None] = mapped_column(SafeText)
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", SafeJSON)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer)
-    latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    latest_metrics: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     error_code: Mapped[str | None] = mapped_column(String(80))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(SafeText)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
@@ -165,7 +193,7 @@ class JobMetadata(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(SafeText)
 
     __table_args__ = (Index("ix_job_metadata_key_value", "key", "value"),)
 
@@ -198,8 +226,8 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(10))
     type: Mapped[str] = mapped_column(String(20))
-    message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    message: Mapped[str] = mapped_column(SafeText)
+    data: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
 
 
 class Sample(Base):
@@ -211,11 +239,11 @@ class Sample(Base):
     step: Mapped[int] = mapped_column(Integer)
     index: Mapped[int] = mapped_column(Integer)
     group: Mapped[int | None] = mapped_column(Integer)
-    prompt: Mapped[str] = mapped_column(Text)
-    completion: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(SafeText)
+    completion: Mapped[str] = mapped_column(SafeText)
     reward: Mapped[float | None] = mapped_column(Float)
-    label: Mapped[Any] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[Any] = mapped_column(SafeJSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -226,10 +254,10 @@ class Checkpoint(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
-    location: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(SafeText)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    files: Mapped[list[Any]] = mapped_column(JSON)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    files: Mapped[list[Any]] = mapped_column(SafeJSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(SafeJSON)
     best: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

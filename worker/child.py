@@ -79,7 +79,7 @@ class OutboxCallback(Callback):
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         records = [
             {
-                **{k: _text(v) for k, v in s.items()},
+                **s,
                 "step": step,
                 "reward": s.get("reward") if _is_finite(s.get("reward")) else None,
             }
@@ -107,11 +107,6 @@ class OutboxCallback(Callback):
             )
         except OSError as exc:
             log.warning("could not mirror recorded rewards: %s", exc)
-
-
-def _text(value: Any) -> Any:
-    # A random or byte-level model can emit NUL, which JSON carries but a Postgres text column cannot.
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 def _is_finite(value: Any) -> bool:

@@ -246,3 +246,28 @@ def test_concurrent_claims_have_one_winner(settings: Settings, alice: dict) -> N
         job = httpx.get(f"{srv.url}/v1/jobs/{jid}", headers=alice).json()
     assert codes == [200] + [409] * 7
     assert job["attempts"] == 1
+
+
+def test_nul_characters_never_make_a_500(client: TestClient, alice: dict) -> None:
+    """Postgres text and JSON refuse NUL; a byte-level model emits it. Stored as U+FFFD on both databases."""
+    job = create_job(client, alice, dataset={"rows": [{"prompt": "a\x00b", "label": "x\x00"}]})
+    assert (
+        client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["spec"]["dataset"]["rows"][0]["prompt"]
+        == "a\ufffdb"
+    )
+    fence = claim(client, job["id"])["fence"]
+    sample = {
+        "step": 1,
+        "index": 0,
+        "prompt": "p\x00",
+        "completion": "c\x00c",
+        "reward": 1.0,
+        "label": {"k\x00": 1},
+    }
+    assert wpost(client, job["id"], "samples", fence=fence, samples=[sample]).json() == {"accepted": 1}
+    ev = {"level": "info", "message": "m\x00", "data": {"x": ["y\x00"]}}
+    assert wpost(client, job["id"], "events", fence=fence, events=[ev]).json() == {"accepted": 1}
+    got = client.get(f"/v1/jobs/{job['id']}/samples", headers=alice).json()["data"][0]
+    assert got["completion"] == "c\ufffdc" and got["prompt"] == "p\ufffd"
+    last = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).json()["data"][-1]
+    assert last["message"] == "m\ufffd" and last["data"] == {"x": ["y\ufffd"]}

@@ -57,7 +57,8 @@ def test_errors_map_to_job_codes():
     assert other["code"] == "internal_error" and "KeyError" in other["message"]
 
 
-def test_metrics_are_json_safe_and_sample_text_has_no_nul(tmp_path):
+def test_metrics_and_samples_are_json_safe(tmp_path):
+    # NUL in sample text travels as is: the service stores it as U+FFFD (tests/service, both databases).
     outbox = Outbox(tmp_path / "outbox.jsonl")
     cb = OutboxCallback(outbox, job_id="j", store=str(tmp_path / "store"), output_dir=tmp_path / "out")
     cb.on_step_end(3, {"reward/mean": 0.5, "kl/mean": float("nan"), "x": float("inf")})
@@ -79,5 +80,5 @@ def test_metrics_are_json_safe_and_sample_text_has_no_nul(tmp_path):
     metrics, samples = _lines(tmp_path / "outbox.jsonl")
     assert metrics == {"type": "metrics", "step": 3, "metrics": {"reward/mean": 0.5}}
     (sample,) = samples["samples"]
-    assert sample["completion"] == "a\ufffdb" and sample["prompt"] == "p\ufffd"
+    assert sample["completion"] == "a\x00b" and sample["prompt"] == "p\x00"
     assert sample["step"] == 3 and sample["reward"] is None
