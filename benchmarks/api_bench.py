@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,13 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from rlft.localproc import free_port, uvicorn_command
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -79,19 +74,7 @@ def measure(jobs: int = 100, batches: int = 50, points: int = 200, database_url:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command("service.app:create_app", port, factory=True),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -24,12 +24,13 @@ import math
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rlft.localproc import free_port, uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -147,12 +148,6 @@ def memory_grpo_vs_ppo(args, model: str) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reward_latency(args, model: str, delay_ms: float = 50.0) -> list[dict]:
     """rlcore's reward phase against examples/rewards/letter.py with ``delay_ms`` per request."""
     import httpx
@@ -160,18 +155,7 @@ def reward_latency(args, model: str, delay_ms: float = 50.0) -> list[dict]:
     port = free_port()
     env = {**os.environ, "RLFT_REWARD_DELAY_MS": str(delay_ms)}
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.rewards.letter:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command("examples.rewards.letter:app", port),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

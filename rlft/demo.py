@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from rlft.localproc import free_port, uvicorn_command
+
 DEMO_SPEC = Path("examples/specs/grpo_letter.yaml")
 TINY_MODEL = Path(".rlft/models/tiny")
 LETTER_APP = "examples.rewards.letter:app"  # importable from the repository root
@@ -32,12 +33,6 @@ LETTER_APP = "examples.rewards.letter:app"  # importable from the repository roo
 
 class StackError(RuntimeError):
     """A child process failed to start or died; the message points at its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -82,19 +77,7 @@ class LocalStack:
     def start_api(self, host: str, port: int) -> str:
         child = self.spawn(
             "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.app:create_app",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command("service.app:create_app", port, host=host, factory=True),
         )
         url = f"http://{host}:{port}"
         self.wait_http(f"{url}/healthz", child)
@@ -107,18 +90,7 @@ class LocalStack:
         name = "reward-" + app.split(":")[0].rsplit(".", 1)[-1]
         child = self.spawn(
             name,
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command(app, port, host=host),
         )
         url = f"http://{host}:{port}"
         self.wait_http(url, child, any_status=True)  # it serves POST / only: any answer means it is up

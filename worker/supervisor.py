@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.checkpoint import list_checkpoints, step_dir_name
+from rlft.localproc import free_port as _free_port
 from rlft.settings import Settings
 from worker import artifacts
 from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, ServiceUnavailable
@@ -437,12 +438,6 @@ def _training_descendants(root: int) -> list[int]:
                 if b"worker.child" in commands.get(pid, b""):
                     found.append(pid)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_private(path: Path, text: str) -> Path:

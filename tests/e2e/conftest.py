@@ -16,7 +16,6 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,13 @@ import httpx
 import pytest
 
 from rlcore.testing import make_tiny_model
+from rlft.localproc import free_port, uvicorn_command
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 5
 E2E_REDIS_DBS = (14, 15, 12, 11, 10, 9)
 E2E_REDIS_LOCK = "rlft:e2e:session"
 TERMINAL = {"succeeded", "failed", "cancelled", "paused"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -358,19 +352,7 @@ def _start_api(s: Stack, db_url: str | None) -> None:
     port = s.api_url.rsplit(":", 1)[1]
     s.spawn(
         "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command("service.app:create_app", port, factory=True),
         api_env,
     )
     wait_for(lambda: _answers(f"{s.api_url}/healthz", ok_only=True), 90, "the API's /healthz", s)

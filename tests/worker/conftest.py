@@ -7,17 +7,12 @@ after the client began sending, which is how a briefly unreachable service looks
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rlft.localproc import free_port
 
 
 class RecordingServer:
