@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rlcore.errors import ModelLoadError
-from rlcore.spec import ModelSpec
+from rlcore.spec import Algorithm, JobSpec, ModelSpec
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -123,3 +123,40 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def load_models(spec: JobSpec, device: torch.device, mixed_bf16: bool, resume_dir: Path | None):
+    """The policy (with LoRA when asked), the reference (None when ``kl_coef == 0``) and PPO's value model,
+    from ``resume_dir`` when resuming. Weights load in float32 for ``dtype="auto"`` (mixed precision trains
+    in bf16 on a GPU through accelerate); the frozen reference may stay in bf16."""
+    model = spec.model
+    dtype = torch.float32 if model.dtype == "auto" else resolve_dtype(model.dtype, device)
+    if resume_dir is not None and model.lora is None:
+        policy = load_causal_lm(str(resume_dir / "model"), None, dtype)
+    else:
+        policy = load_causal_lm(model.name_or_path, model.revision, dtype)
+    if model.lora is not None:
+        if resume_dir is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(policy, str(resume_dir / "model"), is_trainable=True)
+        else:
+            policy = apply_lora(policy, model)
+    reference = None
+    if spec.hyperparameters.kl_coef > 0:
+        if model.lora is not None:
+            reference = Reference(None, policy_with_lora=policy)
+        else:
+            ref_dtype = torch.bfloat16 if mixed_bf16 else dtype
+            reference = Reference(
+                freeze(load_causal_lm(model.name_or_path, model.revision, ref_dtype)).to(device)
+            )
+    value = None
+    if spec.algorithm is Algorithm.PPO:
+        path = (
+            str(resume_dir / "value_model")
+            if resume_dir
+            else (model.value_name_or_path or model.name_or_path)
+        )
+        value = load_value_model(path, None, dtype)
+    return policy, reference, value

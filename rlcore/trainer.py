@@ -13,6 +13,7 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -27,15 +28,8 @@ from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback, CallbackList
 from rlcore.data import PromptCursor, load_rows, render_prompt
 from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
-from rlcore.models import (
-    Reference,
-    apply_lora,
-    freeze,
-    load_causal_lm,
-    load_tokenizer,
-    load_value_model,
-    resolve_dtype,
-)
+from rlcore.models import load_models, load_tokenizer
+from rlcore.optim import make_optimizer, make_scheduler
 from rlcore.rewards import make_reward_scorer
 from rlcore.rollout import Rollout, generate, token_logprobs
 from rlcore.spec import Algorithm, JobSpec
@@ -162,45 +156,12 @@ class Trainer:
         return found
 
     def _load_models(self) -> None:
-        spec, hp = self.spec, self.hp
+        spec = self.spec
         self.tokenizer = load_tokenizer(spec.model)
-        dtype = (
-            torch.float32 if spec.model.dtype == "auto" else resolve_dtype(spec.model.dtype, self.acc.device)
-        )
-        policy_path = spec.model.name_or_path
-        if self.resume_dir is not None and spec.model.lora is None:
-            policy_path = str(self.resume_dir / "model")
-        policy = load_causal_lm(
-            policy_path, spec.model.revision if policy_path == spec.model.name_or_path else None, dtype
-        )
-        if spec.model.lora is not None:
-            if self.resume_dir is not None:
-                from peft import PeftModel
-
-                policy = PeftModel.from_pretrained(policy, str(self.resume_dir / "model"), is_trainable=True)
-            else:
-                policy = apply_lora(policy, spec.model)
-        self.reference = None
-        if hp.kl_coef > 0:
-            if spec.model.lora is not None:
-                self.reference = Reference(None, policy_with_lora=policy)
-            else:
-                ref_dtype = torch.bfloat16 if self.mixed_bf16 else dtype
-                ref = freeze(load_causal_lm(spec.model.name_or_path, spec.model.revision, ref_dtype))
-                self.reference = Reference(ref.to(self.acc.device))
-        value = None
-        if self.is_ppo:
-            vpath = spec.model.value_name_or_path or spec.model.name_or_path
-            if self.resume_dir is not None:
-                vpath = str(self.resume_dir / "value_model")
-            value = load_value_model(vpath, None, dtype)
-        params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": hp.learning_rate}]
-        if value is not None:
-            params.append(
-                {"params": list(value.parameters()), "lr": hp.value_learning_rate or hp.learning_rate}
-            )
-        optimizer = torch.optim.AdamW(params, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda())
+        policy, self.reference, value = load_models(spec, self.acc.device, self.mixed_bf16, self.resume_dir)
+        optimizer = make_optimizer(policy, value, self.hp)
+        total = self.hp.steps * self.hp.epochs_per_rollout * self.num_minibatches
+        scheduler = make_scheduler(optimizer, self.hp, total)
         if value is not None:
             self.policy, self.value, self.optimizer, self.scheduler = self.acc.prepare(
                 policy, value, optimizer, scheduler
@@ -208,23 +169,6 @@ class Trainer:
         else:
             self.policy, self.optimizer, self.scheduler = self.acc.prepare(policy, optimizer, scheduler)
             self.value = None
-
-    def _lr_lambda(self) -> Callable[[int], float]:
-        hp = self.hp
-        total = hp.steps * hp.epochs_per_rollout * self.num_minibatches
-        warmup, schedule = hp.warmup_steps, hp.lr_schedule
-
-        def factor(i: int) -> float:
-            if warmup and i < warmup:
-                return (i + 1) / warmup
-            if schedule == "constant":
-                return 1.0
-            progress = min(1.0, (i - warmup) / max(1, total - warmup))
-            if schedule == "linear":
-                return 1.0 - progress
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        return factor
 
     @property
     def num_minibatches(self) -> int:
@@ -499,9 +443,11 @@ class Trainer:
                 if hp.loss_agg == "token_mean"
                 else torch.tensor(len(micro) / len(idx))
             )
-            models = [self.policy] + ([self.value] if self.value is not None else [])
-            ctx = self.acc.no_sync(models[0]) if i < len(slices) - 1 and self.world > 1 else _null()
-            with ctx:
+            with contextlib.ExitStack() as no_sync:
+                if i < len(slices) - 1 and self.world > 1:  # gradients are all-reduced once, at the last
+                    for model in (self.policy, self.value):
+                        if model is not None:
+                            no_sync.enter_context(self.acc.no_sync(model))
                 loss, m = self._micro_loss(batch, micro)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
@@ -654,14 +600,6 @@ class Trainer:
             directory / "optimizer.pt",
         )
         self.state.save(directory)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _peak_memory() -> int:
