@@ -35,6 +35,12 @@ from rlcore.rollout import Rollout, generate, token_logprobs
 from rlcore.spec import Algorithm, JobSpec
 from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
 
+# The seed's two methods: PPO's advantages come from GAE over a critic, GRPO's from comparing a group.
+ADVANTAGE_ESTIMATORS = {
+    Algorithm.PPO: alg.AdvantageEstimator.GAE,
+    Algorithm.GRPO: alg.AdvantageEstimator.GRPO,
+}
+
 
 @dataclass
 class TrainResult:
@@ -366,22 +372,31 @@ class Trainer:
         if self.reference is not None:
             with self.reference.active() as ref_model:
                 ref_logprobs = self._forward_all(ref_model, rollout)
-        old_values = returns = None
-        if self.is_ppo:
-            old_values = self._values_all(rollout)
-            token_rewards = torch.zeros_like(old_values)
-            if ref_logprobs is not None and hp.kl_in == "reward":
-                logp = old_logprobs if old_logprobs is not None else self._forward_all(self.policy, rollout)
-                token_rewards -= self.kl_ctl.value * alg.kl_estimate(logp, ref_logprobs, hp.kl_estimator)
-            last = (mask.sum(dim=1) - 1).clamp(min=0)
-            token_rewards[torch.arange(len(last)), last] += scores
-            token_rewards = token_rewards * mask
-            advantages, returns = alg.gae(token_rewards, old_values * mask, mask, hp.gamma, hp.lam)
-            if hp.whiten_advantages:
-                advantages = alg.masked_whiten(advantages, mask) * mask
-        else:
-            adv = alg.group_advantages(scores, hp.group_size, scale=hp.scale_rewards)
-            advantages = adv[:, None] * mask
+        # Token rewards (B, T): the sequence reward on the last completion token, minus the KL penalty on
+        # every token when KL acts in the reward. Skipped samples keep their group-mean fill here, so they
+        # move no other sample's advantage, and are masked out afterwards.
+        resp = rollout.response_mask
+        token_rewards = torch.zeros(resp.shape, dtype=torch.float32, device=resp.device)
+        last = (resp.sum(dim=1) - 1).clamp(min=0)
+        token_rewards[torch.arange(len(last)), last] = scores
+        if ref_logprobs is not None and hp.kl_in == "reward":
+            logp = old_logprobs if old_logprobs is not None else self._forward_all(self.policy, rollout)
+            kl = alg.kl_estimate(logp, ref_logprobs, hp.kl_estimator)
+            token_rewards -= self.kl_ctl.value * kl * resp
+        old_values = self._values_all(rollout) * resp if self.is_ppo else None
+        estimator = alg.get_advantage_estimator(ADVANTAGE_ESTIMATORS[self.spec.algorithm])
+        advantages, returns = estimator(
+            token_rewards,
+            resp,
+            values=old_values,
+            gamma=hp.gamma,
+            lam=hp.lam,
+            group_size=hp.group_size,
+            scale=hp.scale_rewards,
+        )
+        if self.is_ppo and hp.whiten_advantages:
+            advantages = alg.masked_whiten(advantages, mask)
+        advantages = advantages * mask
         return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask)
 
     def _micro_slices(self, n: int):

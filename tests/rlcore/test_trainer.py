@@ -173,3 +173,22 @@ def test_stop_request_writes_a_checkpoint_and_raises(tmp_path, tiny_model_path):
     assert rec.ended[0] == "interrupted"
     state = json.loads((tmp_path / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
     assert state["step"] == 1
+
+
+def test_grpo_with_kl_in_the_reward_penalises_through_the_advantages(tmp_path, tiny_model_path):
+    # kl_in="reward": the KL is subtracted from the token rewards before the group comparison (so it changes
+    # the advantages), and no KL term is added to the loss.
+    from rlcore.algorithms import FixedKLController
+
+    spec = make_spec(tiny_model_path, "grpo", steps=1, kl_coef=0.5, kl_in="reward", kl_estimator="k1")
+    rec = Recorder()
+    trainer = Trainer(spec, tmp_path, reward_fn=dense_reward, callbacks=[rec])
+    trainer.run(lambda: False)  # one update: the policy now differs from the reference
+    assert "kl/mean" in rec.metrics[-1][1] and "loss/kl" not in rec.metrics[-1][1]
+    rollout = trainer._rollout()
+    scores, keep, _, _ = trainer._score(rollout)
+    with_kl = trainer._prepare(rollout, scores, keep).advantages
+    trainer.kl_ctl = FixedKLController(0.0)
+    without_kl = trainer._prepare(rollout, scores, keep).advantages
+    assert not torch.allclose(with_kl, without_kl)
+    trainer.close()
