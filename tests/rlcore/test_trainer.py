@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlcore.callbacks import Callback
+from rlcore.spec import JobSpec
 from rlcore.trainer import Trainer, train
 from tests.rlcore.helpers import dense_reward, letter_reward, make_spec
 
@@ -192,3 +193,17 @@ def test_grpo_with_kl_in_the_reward_penalises_through_the_advantages(tmp_path, t
     without_kl = trainer._prepare(rollout, scores, keep).advantages
     assert not torch.allclose(with_kl, without_kl)
     trainer.close()
+
+
+def test_lora_checkpoint_holds_the_adapter_and_a_merged_model_on_request(tmp_path, tiny_model_path):
+    base = make_spec(
+        tiny_model_path, "grpo", steps=1, lora={"r": 4, "alpha": 8, "target_modules": ["q_proj"]}
+    )
+    model = {**base.model.model_dump(mode="json"), "merge_lora_on_save": True}
+    spec = JobSpec.model_validate({**base.model_dump(mode="json"), "model": model})
+    result = train(spec, tmp_path, reward_fn=dense_reward)
+    final = tmp_path / "checkpoints" / "step-000001"
+    assert result.last_checkpoint == str(final)
+    assert (final / "model" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(final / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
