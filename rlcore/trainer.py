@@ -130,12 +130,7 @@ class Trainer:
         self.rows = load_rows(spec.dataset)
         self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
         self.cursor = PromptCursor(len(self.rows), self.hp.seed)
-        init_kl = self.hp.kl_coef
-        self.kl_ctl = (
-            alg.AdaptiveKLController(init_kl, self.hp.kl_target, self.hp.kl_horizon)
-            if self.hp.kl_target
-            else alg.FixedKLController(init_kl)
-        )
+        self.kl_ctl = alg.make_kl_controller(self.hp.kl_coef, self.hp.kl_target, self.hp.kl_horizon)
         self.scorer = make_reward_scorer(
             spec.reward, reward_fn=reward_fn, job_id=job_id, allow_private=allow_private, allowlist=allowlist
         )
@@ -271,9 +266,9 @@ class Trainer:
         batch = self._prepare(rollout, scores, keep)
         train_metrics = self._update(batch)
         t3 = time.perf_counter()
-        if isinstance(self.kl_ctl, alg.AdaptiveKLController) and "kl/mean" in train_metrics:
-            self.kl_ctl.update(train_metrics["kl/mean"], self.spec.rollout_batch_size)
         metrics = self._step_metrics(batch, train_metrics, reward_metrics)
+        if "kl/mean" in metrics:  # the KL averaged over ranks, so every rank's coefficient stays the same
+            self.kl_ctl.update(metrics["kl/mean"], self.spec.rollout_batch_size)
         n_tokens = float(self.acc.reduce(batch.rollout.response_mask.sum().float(), reduction="sum").item())
         metrics.update(
             {

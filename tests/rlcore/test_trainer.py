@@ -207,3 +207,16 @@ def test_lora_checkpoint_holds_the_adapter_and_a_merged_model_on_request(tmp_pat
     assert (final / "model" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(final / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_adaptive_kl_controller_moves_the_coefficient_and_resumes_with_it(tmp_path, tiny_model_path):
+    # PPO with kl_target: after each step the coefficient follows the measured KL (Ziegler et al. 2019);
+    # the checkpoint carries it. Step 1 measures KL 0 (the policy is the reference): below the target, the
+    # coefficient shrinks; step 2 measures a KL far above 1e-6: it grows.
+    spec = make_spec(tiny_model_path, "ppo", steps=2, kl_coef=0.2, kl_target=1e-6, kl_horizon=100)
+    rec = Recorder()
+    train(spec, tmp_path, reward_fn=dense_reward, callbacks=[rec])
+    coefs = [m["kl/coef"] for _, m in rec.metrics]
+    assert coefs[0] == 0.2 and coefs[1] < coefs[0]
+    state = json.loads((tmp_path / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["kl"]["value"] > coefs[1]
