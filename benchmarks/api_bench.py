@@ -4,13 +4,16 @@ Starts the real service (``uvicorn --factory service.app:create_app``) on a free
 throw-away SQLite database (or ``--database-url``), creates an API key through ``service.keys``, then:
 1. ``POST /v1/jobs`` ``--jobs`` times, one after the other (what a user or CI does);
 2. claims one job as a worker and posts ``--batches`` metric batches of ``--points`` points each to
-   ``/internal/v1/jobs/{id}/metrics`` (what the worker's relay does), and counts points per second.
+   ``/internal/v1/jobs/{id}/metrics`` (what the worker's relay does), and counts points per second;
+3. times ``--sse-points`` metric points from the worker's POST to the SSE subscriber's read.
+With a Postgres ``--database-url`` it works in a fresh schema and drops it afterwards.
 Prints one JSON object; ``benchmarks/run.py`` calls ``measure()``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -18,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -54,18 +59,48 @@ def _job_body(i: int) -> dict:
     }
 
 
-def measure(jobs: int = 100, batches: int = 50, points: int = 200, database_url: str | None = None) -> dict:
+@contextlib.contextmanager
+def _database(url: str | None, tmp: str) -> Iterator[str]:
+    """The URL to use: a SQLite file in ``tmp``, or a throw-away schema of the given Postgres database."""
+    if not url or not url.startswith("postgres"):
+        yield url or f"sqlite:///{tmp}/rlft.db"
+        return
+    import sqlalchemy as sa
+
+    from rlft.settings import Settings
+
+    base = Settings(database_url=url, dev_mode=True).database_url
+    schema = "bench_" + secrets.token_hex(4)
+    admin = sa.create_engine(base, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def measure(
+    jobs: int = 100,
+    batches: int = 50,
+    points: int = 200,
+    database_url: str | None = None,
+    sse_points: int = 20,
+) -> dict:
     from cryptography.fernet import Fernet
 
     from rlft.settings import Settings
+    from service.db import migrate
     from service.keys import create_api_key
 
-    with tempfile.TemporaryDirectory(prefix="rlft-api-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rlft-api-bench-") as tmp, _database(database_url, tmp) as db_url:
         env = {
             **os.environ,
             "RLFT_DATA_DIR": tmp,
             "RLFT_DEV_MODE": "1",
-            "RLFT_DATABASE_URL": database_url or f"sqlite:///{tmp}/rlft.db",
+            "RLFT_DATABASE_URL": db_url,
             "RLFT_WORKER_SECRET": "bench-" + secrets.token_hex(16),
             "RLFT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
             "RLFT_RUN_BACKGROUND_TASKS": "0",
@@ -82,10 +117,15 @@ def measure(jobs: int = 100, batches: int = 50, points: int = 200, database_url:
         )
         try:
             _wait_ready(url, proc)
-            settings = Settings(data_dir=tmp, database_url=env["RLFT_DATABASE_URL"], dev_mode=True)
+            settings = Settings(data_dir=tmp, database_url=db_url, dev_mode=True)
+            migrate(settings)  # the app migrates SQLite by itself; Postgres needs it here
             key = create_api_key(settings, "bench")
             with httpx.Client(base_url=url, timeout=30) as client:
-                return _run(client, key, env["RLFT_WORKER_SECRET"], jobs, batches, points)
+                result = _run(client, key, env["RLFT_WORKER_SECRET"], jobs, batches, points)
+            if sse_points:
+                result.update(_sse_lag(url, key, env["RLFT_WORKER_SECRET"], sse_points))
+            result["database"] = "postgres" if db_url.startswith("postgres") else "sqlite"
+            return result
         finally:
             proc.terminate()
             proc.wait(10)
@@ -128,14 +168,48 @@ def _run(client: httpx.Client, key: str, worker_secret: str, jobs: int, batches:
     }
 
 
+def _sse_lag(url: str, key: str, worker_secret: str, n: int) -> dict:
+    """Milliseconds from a worker's metric POST to the subscriber reading its event on the SSE stream."""
+    user, worker = {"Authorization": f"Bearer {key}"}, {"Authorization": f"Bearer {worker_secret}"}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        jid = c.post("/v1/jobs", json=_job_body(0), headers=user).json()["id"]
+        fence = c.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "bench"}, headers=worker).json()[
+            "fence"
+        ]
+    sent: dict[int, float] = {}
+    lags: list[float] = []
+
+    def produce() -> None:
+        with httpx.Client(base_url=url, headers=worker, timeout=30) as p:
+            time.sleep(0.5)
+            for step in range(1, n + 1):
+                sent[step] = time.perf_counter()
+                body = {"fence": fence, "points": [{"step": step, "name": "reward/mean", "value": 0.5}]}
+                p.post(f"/internal/v1/jobs/{jid}/metrics", json=body).raise_for_status()
+                time.sleep(0.25)  # points land at random phases of the stream's 0.2 s database poll
+            p.post(f"/internal/v1/jobs/{jid}/finish", json={"fence": fence, "status": "succeeded"})
+
+    threading.Thread(target=produce, daemon=True).start()
+    with httpx.stream("GET", f"{url}/v1/jobs/{jid}/events/stream", headers=user, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                if event["type"] == "metrics":
+                    lags.append((time.perf_counter() - sent[event["data"]["step"]]) * 1000)
+    return {"sse_lag_p50_ms": statistics.median(lags), "sse_lag_max_ms": max(lags), "sse_points": len(lags)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--points", type=int, default=200)
-    p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    p.add_argument("--sse-points", type=int, default=20)
+    p.add_argument(
+        "--database-url", default=None, help="default: a temporary SQLite file; postgres: a temp schema"
+    )
     a = p.parse_args()
-    print(json.dumps(measure(a.jobs, a.batches, a.points, a.database_url), indent=2))
+    print(json.dumps(measure(a.jobs, a.batches, a.points, a.database_url, a.sse_points), indent=2))
     return 0
 
 

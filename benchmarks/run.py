@@ -355,10 +355,11 @@ def render(res: dict) -> str:
         a = res["api"]
         lines += [
             "",
-            f"API (SQLite, one client, sequential): job create p50 {a['job_create_p50_ms']:.1f} ms "
+            f"API ({a['database']}, one client, sequential): job create p50 {a['job_create_p50_ms']:.1f} ms "
             f"(p95 {a['job_create_p95_ms']:.1f} ms, {a['jobs']} jobs); metric ingestion "
             f"{a['metric_points_per_s']:.0f} points/s ({a['metric_batches']} batches of "
-            f"{a['metric_batch_points']} points).",
+            f"{a['metric_batch_points']} points); SSE delivery lag p50 {a['sse_lag_p50_ms']:.0f} ms, "
+            f"max {a['sse_lag_max_ms']:.0f} ms.",
         ]
     return "\n".join(lines) + "\n"
 
