@@ -254,11 +254,11 @@ class JobSpec(_Frozen):
     def rollout_batch_size(self) -> int:
         return self.hyperparameters.prompts_per_step * self.hyperparameters.group_size
 
-    @property
-    def queue(self) -> str:
+    def queue(self, gpu_queue: str = "gpu") -> str:
+        """The Celery queue: `resources.queue`, else `gpu_queue` (the service default), or cpu at 0 GPUs."""
         if self.resources.queue:
             return self.resources.queue
-        return "gpu" if self.resources.gpus > 0 else "cpu"
+        return gpu_queue if self.resources.gpus > 0 else "cpu"
 
     def public_dict(self) -> dict[str, Any]:
         """The spec as a client may see it: reward header values are replaced by their names only."""

@@ -69,7 +69,7 @@ def create_job(
         return crud.job_public(existing)
     check_reward_url(spec.reward.url, settings)
     check_dataset(session, tenant, spec, settings)
-    queue_name = spec.resources.queue or (settings.default_queue if spec.resources.gpus > 0 else "cpu")
+    queue_name = spec.queue(settings.default_queue)
     try:
         with session.begin_nested():
             job = crud.insert_job(

@@ -24,11 +24,12 @@ def _error(**over) -> str:
 def test_defaults_resolve_per_algorithm():
     grpo = _spec()
     assert grpo.hyperparameters.kl_in == "loss" and grpo.hyperparameters.kl_estimator == "k3"
-    assert grpo.hyperparameters.group_size == 8 and grpo.queue == "gpu"
+    assert grpo.hyperparameters.group_size == 8 and grpo.queue() == "gpu"
     ppo = _spec(algorithm="ppo")
     assert ppo.hyperparameters.kl_in == "reward" and ppo.hyperparameters.kl_estimator == "k1"
     assert ppo.hyperparameters.group_size == 1
-    assert _spec(resources={"gpus": 0}).queue == "cpu"
+    assert _spec(resources={"gpus": 0}).queue() == "cpu"
+    assert grpo.queue("a100") == "a100" and _spec(resources={"queue": "q"}).queue("a100") == "q"
 
 
 @pytest.mark.parametrize(
