@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Stack, training_children, wait_for
+from tests.rlcore.helpers import PROMPTS
 
 pytestmark = pytest.mark.e2e
 
-PROMPTS = ["Say something:", "Write a word:", "Go:", "Answer:"]
 # Measured on the tiny model (seed 1): GRPO's mean reward goes from ~0.01 to ~0.4 in 8 steps, PPO's from
 # ~0.005 to ~0.98 in 20 (tests/rlcore/test_learning.py has the longer runs).
 GRPO = dict(
