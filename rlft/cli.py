@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +29,7 @@ from rlft import client as api
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 DEV_KEY_FILE = "dev-api-key"
+T = TypeVar("T")
 
 
 class CLIError(Exception):
@@ -117,6 +118,56 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             f"API key for tenant {args.tenant!r} (shown once, keep it):\n{key}\n\nexport RLFT_API_KEY={key}"
         )
     return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service.keys import list_keys
+
+    keys = _key_admin(lambda settings: list_keys(settings, args.tenant))
+    if args.json:
+        out.print_json(json.dumps([{**vars(k)} for k in keys], default=str))
+        return 0
+    table = Table(box=None)
+    for column in ("id", "tenant", "prefix", "created", "revoked"):
+        table.add_column(column)
+    for k in keys:
+        revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-"
+        table.add_row(k.id, k.tenant, k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}", revoked)
+    out.print(table)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from service.keys import revoke_key
+
+    info = _key_admin(lambda settings: revoke_key(settings, args.key_id))
+    err.print(f"key {info.id} ({info.prefix}…) of tenant {info.tenant!r} is revoked")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from service.keys import rotate_key
+
+    key, old = _key_admin(lambda settings: rotate_key(settings, args.key_id))
+    if args.quiet:
+        sys.stdout.write(key + "\n")
+    else:
+        out.print(
+            f"new API key for tenant {old.tenant!r} (shown once, keep it); {old.id} is revoked:\n{key}\n\n"
+            f"export RLFT_API_KEY={key}"
+        )
+    return 0
+
+
+def _key_admin(work: Callable[[Any], T]) -> T:
+    from service.keys import KeyNotFound
+
+    settings = _settings()
+    try:
+        with _database_errors(settings.database_url):
+            return work(settings)
+    except (KeyNotFound, RuntimeError) as exc:  # an unknown id; a database without its schema
+        raise CLIError(str(exc)) from exc
 
 
 def create_key(tenant: str) -> str:
@@ -533,6 +584,17 @@ def _add_stack_commands(sub: Any) -> None:
     s.add_argument("--tenant", required=True, help="tenant name (created if new)")
     s.add_argument("--quiet", "-q", action="store_true", help="print only the key")
     s.set_defaults(func=cmd_keys_create)
+    s = keys.add_parser("list", help="keys with their ids, tenants and prefixes (never the keys)")
+    s.add_argument("--tenant", help="only this tenant's keys")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_keys_list)
+    s = keys.add_parser("revoke", help="revoke a key by id: it answers 401 from the next request on")
+    s.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_…), from `rlft keys list`")
+    s.set_defaults(func=cmd_keys_revoke)
+    s = keys.add_parser("rotate", help="a new key for the same tenant, and the old one revoked")
+    s.add_argument("key_id", metavar="KEY_ID", help="the id of the key to replace")
+    s.add_argument("--quiet", "-q", action="store_true", help="print only the new key")
+    s.set_defaults(func=cmd_keys_rotate)
 
 
 def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:

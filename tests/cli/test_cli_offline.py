@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rlft.cli import main
@@ -76,3 +78,27 @@ def test_usage_errors_exit_2(rlft):
     with pytest.raises(SystemExit) as info:
         rlft("download", "job_x")  # -o DIR is required
     assert info.value.code == 2
+
+
+def test_keys_list_revoke_rotate(rlft, capsys):
+    assert rlft("migrate")[0] == 0
+    assert rlft("keys", "create", "--tenant", "acme", "--quiet")[0] == 0
+    get_settings.cache_clear()
+    assert main(["keys", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [k["tenant"] for k in listed] == ["acme"] and listed[0]["revoked_at"] is None
+    key_id = listed[0]["id"]
+
+    get_settings.cache_clear()
+    assert main(["keys", "rotate", key_id, "--quiet"]) == 0
+    new_key = capsys.readouterr().out.strip()
+    assert new_key.startswith("rlft_") and len(new_key.split()) == 1
+    get_settings.cache_clear()
+    assert main(["keys", "list", "--json"]) == 0
+    after = {k["id"]: k for k in json.loads(capsys.readouterr().out)}
+    assert after[key_id]["revoked_at"] is not None and len(after) == 2
+
+    code, err = rlft("keys", "revoke", "key_nope")
+    assert code == 1 and "rlft keys list" in err and err.count("\n") == 1
+    code, err = rlft("keys", "revoke", key_id)  # again: not an error
+    assert code == 0 and "revoked" in err
