@@ -11,7 +11,6 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -147,6 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    if args.cpu_ranks is not None:
+        env["RLFT_WORKER_CPU_RANKS"] = str(args.cpu_ranks)
     if args.gpus:
         lock_dir = Path(args.gpu_lock_dir) if args.gpu_lock_dir else _settings().data_dir / "gpu-locks"
         gpus = claim_gpus(args.gpus, lock_dir, visible_gpus())
@@ -164,19 +165,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def visible_gpus() -> list[str]:
     """The GPUs this machine (or container) shows: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's UUIDs."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise CLIError("--gpus: no GPU found (nvidia-smi failed); set CUDA_VISIBLE_DEVICES") from exc
-    return [line.strip() for line in listed.splitlines() if line.strip()]
+    from rlft.localproc import visible_gpus as listed
+
+    gpus = listed()
+    if gpus is None:
+        raise CLIError("--gpus: no GPU found (nvidia-smi failed); set CUDA_VISIBLE_DEVICES")
+    return gpus
 
 
 def claim_gpus(count: int, lock_dir: Path, candidates: list[str]) -> list[str]:
@@ -521,6 +515,13 @@ def _add_stack_commands(sub: Any) -> None:
         "--gpus", type=int, default=0, help="take N GPUs no other worker here holds (default: all visible)"
     )
     s.add_argument("--gpu-lock-dir", help="lock files shared by the workers of one machine")
+    s.add_argument(
+        "--cpu-ranks",
+        type=int,
+        metavar="N",
+        help="without GPUs, run jobs asking for up to N ranks as N CPU processes (tests, CPU-only fleets; "
+        "default: $RLFT_WORKER_CPU_RANKS or 0)",
+    )
     s.add_argument("--hostname", help="Celery node name (default: celery@HOST)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_worker)
