@@ -124,7 +124,9 @@ def test_directories_under_a_model_root_and_nothing_that_leaves_it(rooted, tmp_p
     client, alice, settings, root = rooted
     (root / "tiny").mkdir()
     (root / "tiny" / "config.json").write_text("{}")
-    assert create_job(client, alice, model={"name_or_path": str(root / "tiny")})["model"] == str(root / "tiny")
+    assert create_job(client, alice, model={"name_or_path": str(root / "tiny")})["model"] == str(
+        root / "tiny"
+    )
     # Not a model directory: said plainly, since the operator exposed the root.
     (root / "empty").mkdir()
     empty = _refusal(client, alice, {"name_or_path": str(root / "empty")})
@@ -200,7 +202,9 @@ def _upload(client: TestClient, headers: dict) -> str:
 @pytest.mark.parametrize(
     "corrupt",
     [
-        pytest.param(lambda p: p.write_bytes(b'{"prompt": "\\ud800 hi", "label": "4"}\n'), id="lone-surrogate"),
+        pytest.param(
+            lambda p: p.write_bytes(b'{"prompt": "\\ud800 hi", "label": "4"}\n'), id="lone-surrogate"
+        ),
         pytest.param(lambda p: p.write_bytes(b'{"prompt": "\xff\xfe", "label": "4"}\n'), id="not-utf8"),
         pytest.param(lambda p: p.write_bytes(b'{"prompt": \n'), id="not-json"),
         pytest.param(lambda p: p.write_bytes(b'{"label": "4"}\n'), id="not-a-row"),
