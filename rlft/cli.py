@@ -207,7 +207,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     api_url = f"http://{args.host}:{args.port}"
     env = stack_env(settings.data_dir, api_url)
-    for name in ("RLFT_DATABASE_URL", "RLFT_BROKER_URL", "RLFT_ARTIFACT_STORE"):
+    for name in ("RLFT_DATABASE_URL", "RLFT_BROKER_URL", "RLFT_ARTIFACT_STORE", "RLFT_MODEL_ROOTS"):
         if name in os.environ:  # `rlft up` against a real Postgres/Redis is fine too
             env[name] = os.environ[name]
     run_cli(env, "migrate")
@@ -291,6 +291,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _load_spec_dict(args.spec, **({"dataset": {"file_id": "file_to_upload"}} if args.file else {}))
     if args.file and not Path(args.file).is_file():
         raise CLIError(f"no such dataset file: {args.file}")
+    _absolute_model_paths(spec)
     with _client(args) as c:
         if args.file:
             uploaded = c.files.upload(args.file)
@@ -305,6 +306,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.follow:
             return _follow(c, job.id)
     return 0
+
+
+def _absolute_model_paths(spec: dict[str, Any]) -> None:
+    """A relative model directory that exists here becomes absolute: the service takes only absolute paths
+    (under its model roots), and a spec written for `rlft train --local` names ``.models/tiny``."""
+    from rlcore.spec import is_hub_id
+
+    model = spec.get("model")
+    for field in ("name_or_path", "value_name_or_path"):
+        value = model.get(field) if isinstance(model, dict) else None
+        if isinstance(value, str) and not is_hub_id(value) and not value.startswith("/"):
+            if Path(value).expanduser().is_dir():
+                model[field] = str(Path(value).expanduser().resolve())
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

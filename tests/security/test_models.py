@@ -109,8 +109,8 @@ def test_every_refused_path_gets_one_answer_whatever_it_names(
 
 @pytest.fixture
 def rooted(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, dict, Settings, Path]]:
-    """A service whose operator exposes ``tmp_path/models`` (RLFT_MODEL_ROOTS)."""
-    root = tmp_path / "models"
+    """A service whose operator exposes ``tmp_path/.models`` (RLFT_MODEL_ROOTS), as the local stacks do."""
+    root = tmp_path / ".models"
     root.mkdir()
     settings = make_settings(tmp_path, database_url, model_roots=str(root))
     from service.db import migrate
@@ -144,6 +144,32 @@ def test_directories_under_a_model_root_and_nothing_that_leaves_it(rooted, tmp_p
         for p in (str(root / "link"), f"{root}/../outside", str(outside), "/nonexistent")
     ]
     assert all(r == refused[0] for r in refused) and refused[0]["code"] == FORBIDDEN
+
+
+def test_rlft_submit_sends_the_example_specs_local_model_as_an_absolute_path(
+    rooted, tmp_path: Path, monkeypatch
+) -> None:
+    """The README's flow: `rlft up`, then `rlft submit examples/specs/grpo_letter.yaml`, whose model is
+    the relative `.models/tiny` that `rlft train --local` reads too."""
+    import yaml
+
+    from rlft.cli import _absolute_model_paths
+
+    client, alice, _, root = rooted
+    (root / "tiny").mkdir()
+    (root / "tiny" / "config.json").write_text("{}")
+    spec = yaml.safe_load((Path(__file__).parents[2] / "examples/specs/grpo_letter.yaml").read_text())
+    assert spec["model"]["name_or_path"] == ".models/tiny"
+    assert _refusal(client, alice, spec["model"])["code"] == FORBIDDEN  # relative: never, as such
+    monkeypatch.chdir(tmp_path)
+    _absolute_model_paths(spec)
+    assert spec["model"]["name_or_path"] == str(root / "tiny")
+    r = client.post("/v1/jobs", json={**spec, "reward": {"url": "http://127.0.0.1:9/"}}, headers=alice)
+    assert r.status_code == 201, r.text
+    hub = {"model": {"name_or_path": "gpt2"}}
+    (tmp_path / "gpt2").mkdir()
+    _absolute_model_paths(hub)
+    assert hub["model"]["name_or_path"] == "gpt2"  # a hub id stays one
 
 
 def test_a_model_root_inside_the_data_dir_or_the_store_is_refused_at_startup(tmp_path: Path) -> None:
