@@ -35,4 +35,4 @@ bench: install
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf .rlft .demo .bench
+	rm -rf .rlft .demo .bench .models

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlcore.errors import ModelLoadError
+from rlcore.errors import ConfigError, ModelLoadError
 from rlcore.spec import Algorithm, JobSpec, ModelSpec
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -22,8 +22,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _require_source(spec: ModelSpec) -> str:
+    if spec.name_or_path is None:
+        raise ConfigError(
+            f"model.checkpoint {spec.checkpoint!r} names a checkpoint of the service, which only a worker "
+            "can fetch; for a local run, download it (`rlft download JOB -o DIR`) and give "
+            "model.name_or_path: DIR"
+        )
+    return spec.name_or_path
+
+
 def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
+
+    _require_source(spec)
 
     try:
         tok = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -34,7 +35,22 @@ class LoraSpec(_Frozen):
 
 
 class ModelSpec(_Frozen):
-    name_or_path: str = Field(..., min_length=1, description="A hub id or a local Hugging Face directory.")
+    """Where the policy comes from: exactly one of ``name_or_path`` or ``checkpoint``.
+
+    A local run (``rlft train --local``) may name any hub id or local directory. The service accepts hub
+    ids, the tenant's own checkpoints, and directories under the operator's ``RLFT_MODEL_ROOTS``
+    (``rlcore.modelpolicy``).
+    """
+
+    name_or_path: str | None = Field(
+        None, min_length=1, description="A hub id (name or org/name) or a local Hugging Face directory."
+    )
+    checkpoint: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Service only: continue from one of your checkpoints (its id, ckpt_…).",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
@@ -44,6 +60,26 @@ class ModelSpec(_Frozen):
         None, description="PPO only: where to initialise the value model from (default: the policy)."
     )
     merge_lora_on_save: bool = Field(False, description="With LoRA, also save a merged model at the end.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name_or_path is None) == (self.checkpoint is None):
+            raise ValueError(
+                "give exactly one of model.name_or_path (a hub id or a directory) "
+                "or model.checkpoint (the id of one of your checkpoints)"
+            )
+        return self
+
+
+# Hugging Face's repo-id shape (huggingface_hub's validate_repo_id): "name" or "org/name", ASCII letters,
+# digits, '-', '_', '.', neither end a '-' or '.', no '--' or '..', at most 96 characters a part.
+_HUB_PART = r"(?![.-])(?!.*--)(?!.*\.\.)[A-Za-z0-9_.-]{1,96}(?<![.-])"
+_HUB_ID = re.compile(rf"{_HUB_PART}(?:/{_HUB_PART})?", re.ASCII)
+
+
+def is_hub_id(value: str) -> bool:
+    """True when ``value`` has the shape of a Hugging Face hub id (never a path: no '/' prefix, '~', '..')."""
+    return bool(_HUB_ID.fullmatch(value)) and not value.endswith(".git")
 
 
 class DatasetSpec(_Frozen):
@@ -189,7 +225,13 @@ class Hyperparameters(_Frozen):
 
 
 class ResourcesSpec(_Frozen):
-    gpus: int = Field(1, ge=0, le=64, description="GPUs for this job; >1 runs under `accelerate launch`.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="GPUs for this job; >1 runs one rank per GPU under `accelerate launch` "
+        "(the service caps it with RLFT_MAX_GPUS_PER_JOB).",
+    )
     queue: str | None = Field(None, description="Celery queue (default: 'gpu', or 'cpu' when gpus is 0).")
 
 

@@ -11,7 +11,6 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -198,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    if args.cpu_ranks is not None:
+        env["RLFT_WORKER_CPU_RANKS"] = str(args.cpu_ranks)
     if args.gpus:
         lock_dir = Path(args.gpu_lock_dir) if args.gpu_lock_dir else _settings().data_dir / "gpu-locks"
         gpus = claim_gpus(args.gpus, lock_dir, visible_gpus())
@@ -215,19 +216,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def visible_gpus() -> list[str]:
     """The GPUs this machine (or container) shows: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's UUIDs."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise CLIError("--gpus: no GPU found (nvidia-smi failed); set CUDA_VISIBLE_DEVICES") from exc
-    return [line.strip() for line in listed.splitlines() if line.strip()]
+    from rlft.localproc import visible_gpus as listed
+
+    gpus = listed()
+    if gpus is None:
+        raise CLIError("--gpus: no GPU found (nvidia-smi failed); set CUDA_VISIBLE_DEVICES")
+    return gpus
 
 
 def claim_gpus(count: int, lock_dir: Path, candidates: list[str]) -> list[str]:
@@ -264,7 +258,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     api_url = f"http://{args.host}:{args.port}"
     env = stack_env(settings.data_dir, api_url)
-    for name in ("RLFT_DATABASE_URL", "RLFT_BROKER_URL", "RLFT_ARTIFACT_STORE"):
+    for name in ("RLFT_DATABASE_URL", "RLFT_BROKER_URL", "RLFT_ARTIFACT_STORE", "RLFT_MODEL_ROOTS"):
         if name in os.environ:  # `rlft up` against a real Postgres/Redis is fine too
             env[name] = os.environ[name]
     run_cli(env, "migrate")
@@ -348,6 +342,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _load_spec_dict(args.spec, **({"dataset": {"file_id": "file_to_upload"}} if args.file else {}))
     if args.file and not Path(args.file).is_file():
         raise CLIError(f"no such dataset file: {args.file}")
+    _absolute_model_paths(spec)
     with _client(args) as c:
         if args.file:
             uploaded = c.files.upload(args.file)
@@ -362,6 +357,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.follow:
             return _follow(c, job.id)
     return 0
+
+
+def _absolute_model_paths(spec: dict[str, Any]) -> None:
+    """A relative model directory that exists here becomes absolute: the service takes only absolute paths
+    (under its model roots), and a spec written for `rlft train --local` names ``.models/tiny``."""
+    from rlcore.spec import is_hub_id
+
+    model = spec.get("model")
+    for field in ("name_or_path", "value_name_or_path"):
+        value = model.get(field) if isinstance(model, dict) else None
+        if isinstance(value, str) and not is_hub_id(value) and not value.startswith("/"):
+            if Path(value).expanduser().is_dir():
+                model[field] = str(Path(value).expanduser().resolve())
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -572,6 +580,13 @@ def _add_stack_commands(sub: Any) -> None:
         "--gpus", type=int, default=0, help="take N GPUs no other worker here holds (default: all visible)"
     )
     s.add_argument("--gpu-lock-dir", help="lock files shared by the workers of one machine")
+    s.add_argument(
+        "--cpu-ranks",
+        type=int,
+        metavar="N",
+        help="without GPUs, run jobs asking for up to N ranks as N CPU processes (tests, CPU-only fleets; "
+        "default: $RLFT_WORKER_CPU_RANKS or 0)",
+    )
     s.add_argument("--hostname", help="Celery node name (default: celery@HOST)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_worker)

@@ -27,7 +27,9 @@ from rich.console import Console
 from rlft.localproc import free_port, uvicorn_command
 
 DEMO_SPEC = Path("examples/specs/grpo_letter.yaml")
-TINY_MODEL = Path(".rlft/models/tiny")
+TINY_MODEL = Path(".models/tiny")
+# The local stacks' model root (RLFT_MODEL_ROOTS): outside their data directories, which jobs may never read.
+MODEL_ROOT = TINY_MODEL.parent
 LETTER_APP = "examples.rewards.letter:app"  # importable from the repository root
 
 
@@ -154,7 +156,8 @@ def run_cli(env: dict[str, str], *args: str) -> str:
 
 
 def stack_env(data_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a local stack: dev mode (generated secrets), embedded database and broker."""
+    """The environment of a local stack: dev mode (generated secrets), embedded database and broker, and
+    ``.models/`` as the model root, so that jobs may name the tiny model by path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLFT_")}
     env.update(
         {
@@ -162,6 +165,7 @@ def stack_env(data_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
             "RLFT_DEV_MODE": "1",
             "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
             "RLFT_API_URL": api_url,
+            "RLFT_MODEL_ROOTS": str(MODEL_ROOT.resolve()),
             "PYTHONUNBUFFERED": "1",
         }
     )

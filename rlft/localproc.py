@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 
 
@@ -21,3 +23,28 @@ def uvicorn_command(
     if factory:
         cmd.append("--factory")
     return [*cmd, app, "--host", host, "--port", str(port), "--log-level", log_level]
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES when set (CUDA stops at
+    the first negative id, so "" and "-1" hide them all), else nvidia-smi's UUIDs; None when nvidia-smi
+    cannot be run (no driver: a CPU machine)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is not None:
+        ids = []
+        for gpu in (g.strip() for g in value.split(",")):
+            if not gpu or gpu.startswith("-"):
+                break
+            ids.append(gpu)
+        return ids
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line.strip() for line in listed.splitlines() if line.strip()]

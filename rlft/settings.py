@@ -97,12 +97,32 @@ class Settings(BaseSettings):
         8 * 24 * 3600, ge=1, description="Redelivery delay of unacked messages: longer than the longest job."
     )
     run_background_tasks: bool = Field(True, description="Run the reaper/reconciler inside the API.")
+    # models and devices (issue 9): what a job may load, and how many ranks it may ask for
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories (comma-separated) whose model directories jobs may name by absolute path; "
+        "never the artifact store or the data dir. Empty: only hub ids and the tenant's checkpoints.",
+    )
+    max_gpus_per_job: int = Field(8, ge=1, le=64, description="Largest resources.gpus a job may ask for.")
+    worker_cpu_ranks: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="CPU ranks a worker without GPUs offers to a job asking for >1 (tests, CPU-only fleets).",
+    )
 
     @field_validator("reward_url_allowlist", mode="before")
     @classmethod
     def _split_allowlist(cls, v: object) -> object:
         if isinstance(v, str):
             return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [r.strip() for r in v.split(",") if r.strip()]
         return v
 
     @field_validator("api_url")
@@ -122,9 +142,22 @@ class Settings(BaseSettings):
             raise ValueError(f"RLFT_BROKER_URL must be a URL (redis://host:6379/0), not {self.broker_url!r}")
         store = self.artifact_store or str(self.data_dir / "artifacts")
         self.artifact_store = store if "://" in store else str(Path(store).expanduser().resolve())
+        self.model_roots = [str(Path(r).expanduser().resolve()) for r in self.model_roots]
+        self._refuse_roots_in_state()
         if not self.dev_mode:
             self._refuse_placeholders()
         return self
+
+    def _refuse_roots_in_state(self) -> None:
+        from rlcore.modelpolicy import forbidden_dirs
+
+        state = forbidden_dirs(self.artifact_store, self.data_dir)
+        for root in map(Path, self.model_roots):
+            if any(root == d or d in root.parents for d in state):
+                raise ValueError(
+                    f"RLFT_MODEL_ROOTS: {root} is inside the data directory or the artifact store, "
+                    "which jobs may never read; keep exposed models in a directory of their own"
+                )
 
     def _refuse_placeholders(self) -> None:
         given = (("RLFT_WORKER_SECRET", self.worker_secret), ("RLFT_ENCRYPTION_KEY", self.encryption_key))

@@ -87,7 +87,7 @@ def insert_job(
         tenant_id=tenant_id,
         status=S.QUEUED.value,
         algorithm=spec_public["algorithm"],
-        model=spec_public["model"]["name_or_path"],
+        model=spec_public["model"]["name_or_path"] or spec_public["model"]["checkpoint"],
         queue=queue,
         spec=spec_public,
         secret_headers=secret_headers,
@@ -377,6 +377,16 @@ def get_checkpoint(session: Session, job_id: str, ckpt_id: str) -> Checkpoint:
     return ckpt
 
 
+def checkpoint_for_tenant(session: Session, tenant_id: str, ckpt_id: str) -> Checkpoint | None:
+    """A checkpoint of one of the tenant's jobs; None for a missing one and for another tenant's alike."""
+    stmt = (
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.id == ckpt_id, Job.tenant_id == tenant_id)
+    )
+    return session.scalar(stmt)
+
+
 def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
     return session.scalar(stmt)
@@ -386,7 +396,11 @@ def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
 
 
 def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> Job:
-    """Compare-and-set queued → running; bumps the fence so that any older holder's writes are refused."""
+    """Compare-and-set queued → running; bumps the fence so that any older holder's writes are refused.
+
+    A claim repeated by the worker that holds a live lease on the job (its first answer was lost) answers
+    the same claim again: same fence, same attempt, no new event. Any other claim of a leased job is 409.
+    """
     now = utcnow()
     result = session.execute(
         update(Job)
@@ -406,11 +420,29 @@ def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> 
     if job is None:
         raise NotFound("job", job_id)
     if result.rowcount != 1:
+        if _holds_live_lease(session, job_id, worker_id, now):
+            return job
         raise Conflict(f"job {job_id} is {job.status}, not queued: nothing to claim", code="not_claimable")
     add_event(
         session, job.id, "status", f"claimed by {worker_id} (attempt {job.attempts})", {"status": job.status}
     )
     return job
+
+
+def _holds_live_lease(session: Session, job_id: str, worker_id: str, now: datetime) -> bool:
+    stmt = select(Job.id).where(
+        Job.id == job_id,
+        Job.status.in_([s.value for s in LEASED]),
+        Job.lease_owner == worker_id,
+        Job.lease_expires_at > now,
+    )
+    return session.scalar(stmt.with_for_update()) is not None
+
+
+def fail_unservable(session: Session, job: Job, code: str, message: str) -> None:
+    """A claimed job that no worker can run (its dataset or checkpoint is gone or unreadable): failed now,
+    rather than claimed, crashed and requeued until its attempts run out."""
+    set_status(session, job, S.FAILED, f"job failed: {code}", error_code=code, error_message=message)
 
 
 def fenced_job(

@@ -202,12 +202,22 @@ class ResumePoint(BaseModel):
     location: str
 
 
+class ModelCheckpoint(BaseModel):
+    """The checkpoint a job continues from (``model.checkpoint``): what the worker fetches and loads."""
+
+    id: str
+    location: str
+    manifest_sha256: str
+    model_dir: str = Field(description="The checkpoint's directory to load: 'model' or 'merged' (LoRA).")
+
+
 class ClaimResponse(BaseModel):
     job_id: str
     fence: int
     attempt: int
     spec: dict[str, Any]
     resume: ResumePoint | None
+    model_checkpoint: ModelCheckpoint | None = None
     lease_expires_at: datetime
 
 

@@ -26,6 +26,11 @@ def write_bytes(url: str, data: bytes) -> None:
         f.write(data)
 
 
+def exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
+
+
 def read_jsonl_rows(url: str) -> list[dict[str, Any]]:
     """Rows of a JSONL file already validated at upload (blank lines skipped)."""
     with fsspec.open(url, "rt", encoding="utf-8") as f:

@@ -1,4 +1,5 @@
-"""Checks a submitted job must pass beyond ``JobSpec``: the dataset and the reward URL policy."""
+"""Checks a submitted job must pass beyond ``JobSpec``: the dataset, the reward URL policy, the model, the
+resources."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from rlcore.errors import RewardURLForbidden
+from rlcore.modelpolicy import (
+    ModelForbidden,
+    ModelNotLoadable,
+    check_loadable,
+    check_model_source,
+    forbidden_dirs,
+    resolve_roots,
+)
 from rlcore.spec import JobSpec, validate_row
 from rlft.settings import Settings
 from service import crud
 from service.errors import Invalid
-from service.models import Tenant
+from service.models import Checkpoint, Tenant
 
 MAX_INLINE_ROWS = 10_000
 
@@ -71,3 +80,61 @@ def _check_path(path: str, settings: Settings) -> None:
                 raise Invalid(f"dataset.path {path!r}: {e}", field="dataset.path") from e
     if rows == 0:
         raise Invalid(f"dataset.path {path!r} has no rows", field="dataset.path")
+
+
+def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:
+    """Hub ids, the tenant's own checkpoints, directories under RLFT_MODEL_ROOTS (rlcore/modelpolicy.py)."""
+    model = spec.model
+    if model.checkpoint is not None:
+        ckpt = crud.checkpoint_for_tenant(session, tenant.id, model.checkpoint)
+        if ckpt is None:
+            # Another tenant's checkpoint answers exactly like a missing one.
+            raise Invalid(
+                f"model.checkpoint {model.checkpoint!r} is not one of your checkpoints: list them with "
+                "GET /v1/jobs/{job_id}/checkpoints",
+                field="model.checkpoint",
+                code="model_checkpoint_not_found",
+            )
+        if checkpoint_model_dir(ckpt) is None:
+            raise Invalid(
+                f"checkpoint {ckpt.id} holds only a LoRA adapter, not a model to train from: continue from "
+                "a checkpoint with a merged model (the final checkpoint of a job run with "
+                "model.merge_lora_on_save: true), or download it and merge the adapter yourself",
+                field="model.checkpoint",
+                code="model_checkpoint_adapter_only",
+            )
+    roots = resolve_roots(settings.model_roots)
+    forbidden = forbidden_dirs(settings.artifact_store, settings.data_dir)
+    for field, value in (
+        ("model.name_or_path", model.name_or_path),
+        ("model.value_name_or_path", model.value_name_or_path),
+    ):
+        if value is None:
+            continue
+        try:
+            path = check_model_source(value, field, roots, forbidden)
+            if path is not None:
+                check_loadable(path, value, field)
+        except (ModelForbidden, ModelNotLoadable) as e:
+            raise Invalid(e.message, field=field, code=e.code) from e
+
+
+def checkpoint_model_dir(ckpt: Checkpoint) -> str | None:
+    """The directory of a checkpoint a job can train from: ``merged/`` (LoRA, merged on save) or ``model/``
+    (full weights); None when ``model/`` is only a LoRA adapter."""
+    paths = {f["path"] for f in ckpt.files or []}
+    for subdir in ("merged", "model"):
+        if f"{subdir}/config.json" in paths:
+            return subdir
+    return None
+
+
+def check_resources(spec: JobSpec, settings: Settings) -> None:
+    gpus = spec.resources.gpus
+    if gpus > settings.max_gpus_per_job:
+        raise Invalid(
+            f"resources.gpus is {gpus}; this service runs jobs on at most {settings.max_gpus_per_job} "
+            "GPUs (RLFT_MAX_GPUS_PER_JOB): ask for fewer",
+            field="resources.gpus",
+            code="too_many_gpus",
+        )

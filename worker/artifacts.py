@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from rlcore.checkpoint import MANIFEST, manifest_digest, verify
+from rlcore.checkpoint import MANIFEST, manifest_digest, sha256_file, verify
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,19 @@ def upload_checkpoint(local_dir: str | os.PathLike, location: str) -> dict[str, 
     }
 
 
-def download_checkpoint(location: str, local_dir: str | os.PathLike) -> Path:
-    """Fetch a checkpoint into ``local_dir`` (replacing what is there) after verifying it; return the path."""
+def download_checkpoint(
+    location: str,
+    local_dir: str | os.PathLike,
+    *,
+    only: str | None = None,
+    manifest_sha256: str | None = None,
+) -> Path:
+    """Fetch a checkpoint into ``local_dir`` (replacing what is there) after verifying it; return the path.
+
+    ``only``: fetch just the files under this prefix (``"model/"``: the weights a new job starts from, not
+    the optimizer state). ``manifest_sha256``: the digest the service registered; a manifest that differs
+    (rewritten in the store since) is refused like a corrupt file.
+    """
     local_dir = Path(local_dir)
     fs, root = fsspec.core.url_to_fs(location)
     tmp = local_dir.with_name(f".{local_dir.name}.download-{uuid.uuid4().hex[:8]}")
@@ -91,11 +102,19 @@ def download_checkpoint(location: str, local_dir: str | os.PathLike) -> Path:
         if not fs.exists(manifest_path):
             raise ArtifactError(f"{location}: no {MANIFEST}; the checkpoint is missing or incomplete")
         fs.get_file(manifest_path, str(tmp / MANIFEST))
-        for entry in read_manifest(tmp)["files"]:
+        manifest = read_manifest(tmp)
+        if manifest_sha256 is not None and manifest_digest(manifest) != manifest_sha256:
+            raise ArtifactError(f"{location}: the manifest is not the one registered with the service")
+        entries = [e for e in manifest["files"] if only is None or str(e["path"]).startswith(only)]
+        if only is not None and not entries:
+            raise ArtifactError(f"{location}: no files under {only}")
+        for entry in entries:
             target = tmp / entry["path"]
+            if not target.resolve().is_relative_to(tmp.resolve()):
+                raise ArtifactError(f"{location}: the manifest names a file outside the checkpoint")
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(_remote(fs, root, entry["path"]), str(target))
-        if not verify_checkpoint(tmp):
+        if not all(_matches(tmp / e["path"], e) for e in entries):
             raise ArtifactError(f"{location}: a file does not match its sha256 in the manifest")
         if local_dir.exists():
             shutil.rmtree(local_dir)
@@ -103,6 +122,13 @@ def download_checkpoint(location: str, local_dir: str | os.PathLike) -> Path:
         return local_dir
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _matches(path: Path, entry: dict[str, Any]) -> bool:
+    try:
+        return path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
+    except (OSError, KeyError):
+        return False
 
 
 def mirror_files(local_dir: str | os.PathLike, location: str, sent: dict[str, tuple[float, int]]) -> None:

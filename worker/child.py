@@ -193,7 +193,10 @@ def _train(args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag) -> N
     from rlcore.trainer import train  # imports torch: only here, in the child
 
     try:
-        spec = JobSpec.model_validate(json.loads(Path(args.spec_file).read_text(encoding="utf-8")))
+        data = json.loads(Path(args.spec_file).read_text(encoding="utf-8"))
+        if args.model_dir:  # model.checkpoint: the supervisor fetched its model directory
+            data["model"] = {**data["model"], "name_or_path": args.model_dir, "checkpoint": None}
+        spec = JobSpec.model_validate(data)
     except ValueError as exc:  # pydantic's ValidationError is one
         raise ConfigError(f"the job spec from the service does not validate: {exc}") from exc
     callbacks = []
@@ -222,6 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", required=True, help="artifact store: a local directory or an fsspec URL")
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--resume", default=None, help="checkpoint directory to resume from (default: start over)")
+    p.add_argument("--model-dir", default=None, help="the fetched checkpoint the job continues from")
     p.add_argument("--allow-private", action="store_true", help="reward URLs may resolve to private ranges")
     p.add_argument("--allowlist", default="", help="comma-separated reward hosts allowed")
     args = p.parse_args(argv)

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.checkpoint import list_checkpoints, step_dir_name
+from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
 from rlft.localproc import free_port as _free_port
+from rlft.localproc import visible_gpus
 from rlft.settings import Settings
 from worker import artifacts
 from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, ServiceUnavailable
@@ -96,6 +98,8 @@ class Supervisor:
         self.progress = Progress()
         self.stop_action: str | None = None  # cancel | pause | time_limit | shutdown, once asked
         self.multi_gpu = False
+        self.ranks = 1  # training processes to start (_check_devices)
+        self.model_dir: Path | None = None  # the fetched checkpoint a job continues from (_fetch_model)
 
     # -- the whole attempt ------------------------------------------------------------------------------
 
@@ -128,6 +132,8 @@ class Supervisor:
             f"attempt {claim.get('attempt')} started on worker {self.worker_id}",
             {"attempt": claim.get("attempt"), "resume": claim.get("resume")},
         )
+        if (error := self._prepare(claim)) is not None:  # nothing to spawn: devices, model, checkpoint
+            return self._finish(ChildOutcome(status="failed", error=error), attempt_dir)
         spec_file = _write_private(attempt_dir / "spec.json", json.dumps(claim["spec"]))
         try:
             child = self._spawn(claim["spec"], spec_file, attempt_dir, resume_dir)
@@ -171,6 +177,72 @@ class Supervisor:
             )
             return None
 
+    def _prepare(self, claim: dict[str, Any]) -> dict[str, str] | None:
+        """What must hold before the training process starts: the job's ``{code, message}`` when it cannot."""
+        spec = claim["spec"]
+        return (
+            self._check_devices(spec)
+            or self._check_model_paths(spec)
+            or self._fetch_model(claim.get("model_checkpoint"))
+        )
+
+    def _check_devices(self, spec: dict[str, Any]) -> dict[str, str] | None:
+        """Never more ranks than devices held: GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi) or, on a worker
+        without GPUs, the CPU ranks it was started to offer. 0 or 1 GPU runs one process, as it always did."""
+        asked = int((spec.get("resources") or {}).get("gpus", 0))
+        self.ranks = max(1, asked)
+        if asked <= 1:
+            return None
+        gpus = len(visible_gpus() or [])
+        held = gpus or self.settings.worker_cpu_ranks
+        if asked <= held:
+            return None
+        return {
+            "code": "insufficient_devices",
+            "message": f"the job asks for {asked} GPUs (resources.gpus) and this worker holds {gpus} GPU(s)"
+            + ("" if gpus else f" and offers {self.settings.worker_cpu_ranks} CPU rank(s)")
+            + f"; route the job (resources.queue) to workers started with at least {asked} GPUs "
+            "(rlft worker --gpus N), or ask for fewer",
+        }
+
+    def _check_model_paths(self, spec: dict[str, Any]) -> dict[str, str] | None:
+        """The service checked the model at submit; checked again against this machine's roots and state."""
+        roots = resolve_roots(self.settings.model_roots)
+        forbidden = forbidden_dirs(self.settings.artifact_store, self.settings.data_dir)
+        model = spec.get("model") or {}
+        for field in ("name_or_path", "value_name_or_path"):
+            if model.get(field) is not None:
+                try:
+                    check_model_source(str(model[field]), f"model.{field}", roots, forbidden)
+                except ModelForbidden as exc:
+                    return exc.to_dict()
+        return None
+
+    def _fetch_model(self, checkpoint: dict[str, Any] | None) -> dict[str, str] | None:
+        """Download the checkpoint the job continues from (its model directory only) into the job's own
+        directory; the training process loads it from there."""
+        self.model_dir = None
+        if not checkpoint:
+            return None
+        local = self.job_dir / "base-model" / checkpoint["id"]
+        try:
+            artifacts.download_checkpoint(
+                checkpoint["location"],
+                local,
+                only=f"{checkpoint['model_dir']}/",
+                manifest_sha256=checkpoint["manifest_sha256"],
+            )
+        except (artifacts.ArtifactError, OSError) as exc:
+            log.warning("job %s: checkpoint %s not fetched: %s", self.job_id, checkpoint["id"], exc)
+            return {
+                "code": "model_checkpoint_unavailable",
+                "message": f"checkpoint {checkpoint['id']}, which the job continues from, could not be "
+                "fetched from the artifact store or does not match its manifest; submit the job with "
+                "another checkpoint",
+            }
+        self.model_dir = local / checkpoint["model_dir"]
+        return None
+
     def _spawn(
         self, spec: dict[str, Any], spec_file: Path, attempt_dir: Path, resume_dir: Path | None
     ) -> subprocess.Popen:
@@ -192,9 +264,11 @@ class Supervisor:
         ]
         if resume_dir is not None:
             args += ["--resume", str(resume_dir)]
+        if self.model_dir is not None:
+            args += ["--model-dir", str(self.model_dir)]
         if self.settings.allow_private_reward_urls:
             args.append("--allow-private")
-        gpus = int((spec.get("resources") or {}).get("gpus", 0))
+        gpus = self.ranks  # checked against the devices this worker holds (_check_devices)
         self.multi_gpu = gpus > 1
         if self.multi_gpu:
             # torchrun through accelerate, one rank per GPU, a rendezvous port of its own so that two jobs on
@@ -215,16 +289,28 @@ class Supervisor:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "worker.child", *args]
         else:
             cmd = [sys.executable, "-m", "worker.child", *args]
+        outbox = attempt_dir / "outbox.jsonl"
+        if outbox.exists():  # this worker runs the same attempt again (its claim was repeated)
+            outbox.rename(attempt_dir / f"outbox.{time.time_ns()}.jsonl")
+        # An empty working directory of its own: Hugging Face loaders take a relative directory named like
+        # a hub id over the hub, so a tenant's "org/name" must never meet a directory of that name here.
+        workdir = attempt_dir / "cwd"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+        # The child imports the same code as this supervisor, whichever directory it runs in.
+        source = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
         log_file = open(attempt_dir / "child.log", "ab")  # noqa: SIM115 - the child owns it from here
         try:
             # A new session: Ctrl-C or a SIGTERM to the worker's group reaches the supervisor, which decides.
             return subprocess.Popen(
                 cmd,
+                cwd=workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
             )
         finally:
             log_file.close()

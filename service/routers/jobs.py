@@ -40,7 +40,7 @@ from service.schemas import (
     SampleList,
     SamplePublic,
 )
-from service.validation import check_dataset, check_reward_url
+from service.validation import check_dataset, check_model, check_resources, check_reward_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
@@ -69,6 +69,8 @@ def create_job(
         return crud.job_public(existing)
     check_reward_url(spec.reward.url, settings)
     check_dataset(session, tenant, spec, settings)
+    check_model(session, tenant, spec, settings)
+    check_resources(spec, settings)
     queue_name = spec.queue(settings.default_queue)
     try:
         with session.begin_nested():

@@ -96,7 +96,7 @@ def _backends(kind: str) -> Iterator[dict[str, str]]:
 def letter_spec(reward_url: str, **hyperparameters: Any) -> dict[str, Any]:
     return {
         "algorithm": "grpo",
-        "model": {"name_or_path": ".rlft/models/tiny"},
+        "model": {"name_or_path": "tiny-qwen"},  # a hub id: the stand-in worker never loads it
         "dataset": {"rows": [{"prompt": "Say:", "label": "a"}, {"prompt": "Go:", "label": "a"}]},
         "reward": {"url": reward_url},
         "hyperparameters": {"steps": 3, "prompts_per_step": 2, "group_size": 2, **hyperparameters},

@@ -280,7 +280,7 @@ def _redis_broker(root: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
-    model = make_tiny_model(root / "model", "tiny")
+    model = make_tiny_model(root / "models" / "tiny", "tiny")  # under the stack's model root
     db_gen, broker_gen = _postgres_database(), _redis_broker(root)
     db_url, broker_url = next(db_gen), next(broker_gen)
     api_port = free_port()
@@ -295,6 +295,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "RLFT_API_URL": f"http://127.0.0.1:{api_port}",
             "RLFT_LEASE_SECONDS": str(LEASE_SECONDS),
             "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
+            "RLFT_MODEL_ROOTS": str(root / "models"),
+            # The workers have no GPU: they offer two CPU ranks (the 2-rank job of test_stack.py).
+            "RLFT_WORKER_CPU_RANKS": "2",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

@@ -483,4 +483,4 @@ def test_example_specs_validate(name):
     assert spec.reward.url and spec.reward.url.startswith("http://127.0.0.1:8001")
     # YAML reads `5e-3` as a string: the specs write `5.0e-3`, and a float must come back.
     assert isinstance(spec.hyperparameters.learning_rate, float) and spec.hyperparameters.learning_rate > 0
-    assert spec.model.name_or_path == ".rlft/models/tiny"
+    assert spec.model.name_or_path == ".models/tiny"

@@ -29,7 +29,7 @@ def test_create_returns_a_queued_job_with_progress_and_masked_spec(client: TestC
     [
         ({"hyperparameters": {"group_size": 1}}, "", "group_size must be at least 2"),
         ({"hyperparameters": {"steps": 0}}, "hyperparameters.steps", "greater than or equal to 1"),
-        ({"model": {}}, "model.name_or_path", "Field required"),
+        ({"model": {}}, "model", "give exactly one of model.name_or_path"),
         ({"reward": {"url": "ftp://x/score"}}, "reward.url", "http://"),
     ],
 )

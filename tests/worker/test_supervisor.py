@@ -17,6 +17,7 @@ def _settings(tmp_path, server) -> Settings:
         worker_secret="w" * 32,
         lease_seconds=5,
         artifact_store=str(tmp_path / "store"),
+        model_roots=str(tmp_path / "model"),  # where the tests build their tiny model
     )
 
 
