@@ -19,6 +19,7 @@ Why each setting:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -26,6 +27,7 @@ from kombu import Exchange, Queue
 
 from rlft.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 TASK_NAME = "rlft.training.run_job"
 QUEUES = ("gpu", "cpu")
 # Time the hard limit leaves after the job's own limit: the engine checkpoints and the relay flushes.
@@ -120,11 +122,27 @@ class ConfigCheck(bootsteps.Step):
         super().__init__(parent, **kwargs)
 
 
+class RemoveLeftoverSecrets(bootsteps.Step):
+    """A worker bootstep that deletes the reward headers older workers left on disk (``spec.json`` in
+    attempt directories, kept by a SIGKILL), before the first job arrives."""
+
+    requires = (ConfigCheck,)
+
+    def __init__(self, parent: Any, **kwargs: Any):
+        from worker.supervisor import jobs_dir, remove_leftover_secrets
+
+        removed = remove_leftover_secrets(jobs_dir(get_settings()))
+        if removed:
+            log.info("removed %d spec files with reward headers left by earlier workers", removed)
+        super().__init__(parent, **kwargs)
+
+
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery = Celery("rlft", include=["worker.tasks"])
     celery.conf.update(celery_config(settings))
     celery.steps["worker"].add(ConfigCheck)
+    celery.steps["worker"].add(RemoveLeftoverSecrets)
     return celery
 
 

@@ -9,6 +9,11 @@ the lines to the service. The last line is ``{"type": "result", "status": ..., "
 (cancel, pause, worker shutdown) makes ``should_stop()`` true, so the engine checkpoints and stops between
 steps. The process dies with its supervisor (parent-death signal, plus a watchdog where that is missing),
 so a killed worker never leaves a training process writing behind a newer lease.
+
+The reward headers are secrets, kept off disk: ``--spec-file`` holds the spec without their values, which
+come in the environment variable ``RLFT_REWARD_HEADERS`` (a JSON object; ``accelerate launch`` passes it
+to every rank). Each process reads it once and removes it from its environment, and scrubs the values from
+everything it writes: every outbox line, and its stdout/stderr (tracebacks, logs), which become child.log.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from rlcore.callbacks import Callback
 from rlcore.errors import ConfigError, Interrupted, RLFTError
+from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
 from rlcore.spec import JobSpec
 from worker import artifacts
 
@@ -38,14 +44,21 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
 
 
 class Outbox:
-    """Appends one JSON object per line; each line is flushed whole so the reader never sees half of it."""
+    """Appends one JSON object per line; each line is flushed whole so the reader never sees half of it.
+    Every string of a line is scrubbed of the reward header values first."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, scrub: Scrubber | None = None):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
         self._lock = threading.Lock()
+        self._scrub = scrub or Scrubber(())
 
     def write(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"type": kind, **fields}, default=str, allow_nan=False) + "\n"
+        line = json.dumps({"type": kind, **fields}, default=str, allow_nan=False)
+        if self._scrub:
+            # Scrubbed as data, not as text: a value may hold JSON's own quotes. Through JSON first, so
+            # that what default=str made of an object is scrubbed too.
+            line = json.dumps(self._scrub.data(json.loads(line)), allow_nan=False)
+        line += "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()
@@ -159,45 +172,86 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlft-parent-watchdog", daemon=True).start()
 
 
-def classify(exc: BaseException) -> dict[str, str]:
-    """The job's error ``{code, message}`` for an exception that ended training."""
+def classify(exc: BaseException, scrub: Scrubber | None = None) -> dict[str, str]:
+    """The job's error ``{code, message}`` for an exception that ended training, scrubbed with ``scrub``
+    before any cut (a cut value would no longer match)."""
+    scrub = scrub or Scrubber(())
     if isinstance(exc, RLFTError):
-        return exc.to_dict()
+        return {"code": exc.code, "message": scrub(exc.message)}
     if isinstance(exc, MemoryError) or type(exc).__name__ in ("OutOfMemoryError", "OutOfMemory"):
-        return {"code": "out_of_memory", "message": f"out of memory: {exc}"[:2000]}
-    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
-        return {"code": "out_of_memory", "message": str(exc)[:2000]}
-    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+        code, message = "out_of_memory", f"out of memory: {exc}"
+    elif isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        code, message = "out_of_memory", str(exc)
+    else:
+        code, message = "internal_error", f"{type(exc).__name__}: {exc}"
+    return {"code": code, "message": scrub(message)[:2000]}
 
 
-def run(args: argparse.Namespace) -> int:
+class ScrubbedStream:
+    """A text stream (stdout, stderr) that scrubs what is written to it; the rest is the wrapped stream's."""
+
+    def __init__(self, stream: Any, scrub: Scrubber):
+        self._stream = stream
+        self._scrub = scrub
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._scrub(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def take_reward_headers() -> dict[str, str]:
+    """The reward headers handed over in ``RLFT_REWARD_HEADERS``, removed from this process's environment
+    (whatever it starts next does not inherit them). Not a JSON object of strings: none."""
+    raw = os.environ.pop(REWARD_HEADERS_ENV, None)
+    try:
+        headers = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(headers, dict):
+        return {}
+    return {str(k): str(v) for k, v in headers.items()}
+
+
+def run(args: argparse.Namespace, reward_headers: dict[str, str] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    outbox = Outbox(args.outbox) if rank0 else None
+    scrub = Scrubber.for_headers(reward_headers)
+    outbox = Outbox(args.outbox, scrub) if rank0 else None
     stop = StopFlag()
     stop.install()
     try:
-        _train(args, outbox, stop)
+        _train(args, outbox, stop, reward_headers or {})
         status, error, code = "succeeded", None, EXIT_OK
     except Interrupted:
         status, error, code = "interrupted", None, EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - every way out must be reported with a code
-        traceback.print_exc()
-        status, error, code = "failed", classify(exc), EXIT_FAILED
+        sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
+        status, error, code = "failed", classify(exc, scrub), EXIT_FAILED
     if outbox is not None:
         outbox.write("result", status=status, error=error)
         outbox.close()
     return code
 
 
-def _train(args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag) -> None:
+def _train(
+    args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag, reward_headers: dict[str, str]
+) -> None:
     from rlcore.trainer import train  # imports torch: only here, in the child
 
     try:
         data = json.loads(Path(args.spec_file).read_text(encoding="utf-8"))
         if args.model_dir:  # model.checkpoint: the supervisor fetched its model directory
             data["model"] = {**data["model"], "name_or_path": args.model_dir, "checkpoint": None}
+        if reward_headers and isinstance(data, dict) and isinstance(data.get("reward"), dict):
+            data["reward"] = {**data["reward"], "headers": reward_headers}
         spec = JobSpec.model_validate(data)
-    except ValueError as exc:  # pydantic's ValidationError is one
+    except ValueError as exc:  # pydantic's ValidationError is one (its text quotes values: run() scrubs)
         raise ConfigError(f"the job spec from the service does not validate: {exc}") from exc
     callbacks = []
     if outbox is not None:  # callbacks run on rank 0 only
@@ -219,7 +273,11 @@ def _train(args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag) -> N
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m worker.child", description=__doc__.splitlines()[0])
     p.add_argument("--job-id", required=True)
-    p.add_argument("--spec-file", required=True, help="JSON of the job spec with header values (mode 0600)")
+    p.add_argument(
+        "--spec-file",
+        required=True,
+        help=f"JSON of the job spec without reward header values (those come in ${REWARD_HEADERS_ENV})",
+    )
     p.add_argument("--output-dir", required=True, help="the engine's output_dir (checkpoints, rewards)")
     p.add_argument("--outbox", required=True, help="JSON-lines file the supervisor tails")
     p.add_argument("--store", required=True, help="artifact store: a local directory or an fsspec URL")
@@ -234,10 +292,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reward_headers = take_reward_headers()
+    scrub = Scrubber.for_headers(reward_headers)
+    # Before anything can print: tracebacks, logging and warnings all go through these.
+    sys.stdout = ScrubbedStream(sys.stdout, scrub)
+    sys.stderr = ScrubbedStream(sys.stderr, scrub)
     args = parse_args(argv)
     die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    return run(args, reward_headers)
 
 
 if __name__ == "__main__":

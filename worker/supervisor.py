@@ -6,6 +6,11 @@ child trains, the supervisor heartbeats (which extends the lease and brings back
 child's outbox and relays it in order, and watches its own lease: when the service refuses a heartbeat as
 stale, or no heartbeat got through for a whole lease, another worker may already run the job, so the child
 is killed at once and nothing more is written.
+
+The reward headers of the claim never touch the disk: the spec file the child reads holds none of their
+values, which travel in the child's environment (``RLFT_REWARD_HEADERS``, see worker/child.py), and the
+crash message quoting child.log and every relayed line are scrubbed of them. Workers before this one wrote
+them into ``spec.json``; ``remove_leftover_secrets`` deletes those at worker start.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from rlcore.checkpoint import list_checkpoints, step_dir_name
 from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
+from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
 from rlft.localproc import free_port as _free_port
 from rlft.localproc import visible_gpus
 from rlft.settings import Settings
@@ -40,6 +46,8 @@ SHUTDOWN = threading.Event()
 CLAIM_WITHIN_S = 60.0  # how long a claim retries a down service before the task is retried by Celery
 STOP_GRACE_S = 300.0  # after SIGTERM, time for the engine to finish its step and checkpoint
 FINISH_WITHIN_S = 120.0
+SPEC_FILE = "spec-without-secrets.json"  # the claim's spec, reward header values left out
+LEGACY_SECRET_FILES = ("spec.json",)  # what older workers left in attempt directories, headers in clear
 
 
 @dataclass
@@ -93,13 +101,14 @@ class Supervisor:
             job_id,
             timeout_s=max(1.0, min(10.0, lease / 3.0)),
         )
-        self.job_dir = Path(settings.data_dir) / "worker" / "jobs" / job_id
+        self.job_dir = jobs_dir(settings) / job_id
         self.output_dir = self.job_dir / "output"
         self.progress = Progress()
         self.stop_action: str | None = None  # cancel | pause | time_limit | shutdown, once asked
         self.multi_gpu = False
         self.ranks = 1  # training processes to start (_check_devices)
         self.model_dir: Path | None = None  # the fetched checkpoint a job continues from (_fetch_model)
+        self.scrub = Scrubber(())  # the claim's reward header values, once claimed
 
     # -- the whole attempt ------------------------------------------------------------------------------
 
@@ -132,17 +141,20 @@ class Supervisor:
             f"attempt {claim.get('attempt')} started on worker {self.worker_id}",
             {"attempt": claim.get("attempt"), "resume": claim.get("resume")},
         )
+        remove_leftover_secrets(jobs_dir(self.settings), job_id=self.job_id)  # older attempts of this job
         if (error := self._prepare(claim)) is not None:  # nothing to spawn: devices, model, checkpoint
             return self._finish(ChildOutcome(status="failed", error=error), attempt_dir)
-        spec_file = _write_private(attempt_dir / "spec.json", json.dumps(claim["spec"]))
+        spec, reward_headers = _split_secrets(claim["spec"])
+        self.scrub = Scrubber.for_headers(reward_headers)
+        spec_file = _write_private(attempt_dir / SPEC_FILE, json.dumps(spec))
         try:
-            child = self._spawn(claim["spec"], spec_file, attempt_dir, resume_dir)
+            child = self._spawn(claim["spec"], spec_file, attempt_dir, resume_dir, reward_headers)
             outcome = self._supervise(child, OutboxReader(attempt_dir / "outbox.jsonl"))
         except LeaseLost as exc:
             log.warning("job %s: lease lost (%s); stopped without finishing", self.job_id, exc)
             return "lease_lost"
         finally:
-            spec_file.unlink(missing_ok=True)  # it holds the reward headers in clear
+            spec_file.unlink(missing_ok=True)
         return self._finish(outcome, attempt_dir)
 
     # -- before the child -------------------------------------------------------------------------------
@@ -244,7 +256,12 @@ class Supervisor:
         return None
 
     def _spawn(
-        self, spec: dict[str, Any], spec_file: Path, attempt_dir: Path, resume_dir: Path | None
+        self,
+        spec: dict[str, Any],
+        spec_file: Path,
+        attempt_dir: Path,
+        resume_dir: Path | None,
+        reward_headers: dict[str, str],
     ) -> subprocess.Popen:
         args = [
             "--job-id",
@@ -310,7 +327,13 @@ class Supervisor:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
+                # The reward headers go in the environment, never on disk or on the command line.
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": path,
+                    REWARD_HEADERS_ENV: json.dumps(reward_headers),
+                },
             )
         finally:
             log_file.close()
@@ -376,6 +399,7 @@ class Supervisor:
 
     def _consume(self, lines: list[dict[str, Any]], outcome: ChildOutcome) -> None:
         for line in lines:
+            line = self.scrub.data(line)  # the child scrubs too; a line the child did not write may not be
             kind = line.pop("type", None)
             if kind == "metrics":
                 self.progress.step = line["step"]
@@ -450,15 +474,15 @@ class Supervisor:
             return stopped, None
         if outcome.status == "interrupted" or self.stop_action == "shutdown":
             return None, None
-        return "failed", _crash_error(outcome.returncode, attempt_dir / "child.log")
+        return "failed", _crash_error(outcome.returncode, attempt_dir / "child.log", self.scrub)
 
     def _event(self, level: str, message: str, data: dict[str, Any]) -> None:
         if hasattr(self, "relay"):
             self.relay.add("events", {"level": level, "type": "message", "message": message, "data": data})
 
 
-def _crash_error(returncode: int | None, log_path: Path) -> dict[str, str]:
-    tail = _tail(log_path)
+def _crash_error(returncode: int | None, log_path: Path, scrub: Scrubber | None = None) -> dict[str, str]:
+    tail = _tail(log_path, scrub or Scrubber(()))
     if returncode == -signal.SIGKILL:
         return {
             "code": "out_of_memory",
@@ -472,13 +496,20 @@ def _crash_error(returncode: int | None, log_path: Path) -> dict[str, str]:
     }
 
 
-def _tail(path: Path, max_bytes: int = 1500) -> str:
+def _tail(path: Path, scrub: Scrubber, max_bytes: int = 1500) -> str:
+    """The end of the log, scrubbed. Read with a margin: a value the seek cuts would no longer match, so
+    the margin (which holds any such part) is dropped after decoding, and the scrubbed text cut after."""
+    margin = 4 * scrub.longest  # bytes: a character is at most 4 of them
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - max_bytes))
-            return f.read().decode("utf-8", "replace").strip() or "(none)"
+            f.seek(max(0, size - max_bytes - margin))
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return "(no log)"
+    if size > max_bytes + margin:
+        text = text[margin:]
+    return scrub(text)[-max_bytes:].strip() or "(none)"
 
 
 def _signal(child: subprocess.Popen, sig: int, *, ranks: bool = False) -> None:
@@ -524,6 +555,35 @@ def _training_descendants(root: int) -> list[int]:
                 if b"worker.child" in commands.get(pid, b""):
                     found.append(pid)
     return found
+
+
+def jobs_dir(settings: Settings) -> Path:
+    """Where a worker keeps its job attempts: ``data_dir/worker/jobs/<job id>/attempt-N-fence-F/``."""
+    return Path(settings.data_dir) / "worker" / "jobs"
+
+
+def _split_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The claim's spec without reward header values, and those values."""
+    reward = spec.get("reward")
+    if not isinstance(reward, dict) or not reward.get("headers"):
+        return spec, {}
+    headers = {str(k): str(v) for k, v in reward["headers"].items()}
+    return {**spec, "reward": {**reward, "headers": {}}}, headers
+
+
+def remove_leftover_secrets(jobs_dir: Path, job_id: str | None = None) -> int:
+    """Delete the secret-bearing files older workers left in attempt directories under ``jobs_dir``
+    (``data_dir/worker/jobs``): all jobs' at worker start, one job's at its claim. Returns how many."""
+    removed = 0
+    pattern = f"{job_id}/*/" if job_id else "*/*/"
+    for name in LEGACY_SECRET_FILES:
+        for path in jobs_dir.glob(pattern + name):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("could not remove %s, which may hold reward headers: %s", path, exc)
+    return removed
 
 
 def _write_private(path: Path, text: str) -> Path:

@@ -7,7 +7,10 @@ become 0):
   ``Retry-After``) and 5xx only; any other status fails at once with ``RewardRejected``;
 - ``timeout_s`` bounds a whole request (connect to last byte), not each read;
 - every response is validated; a bad one is ``RewardInvalid`` saying exactly what was wrong;
-- redirects are not followed (a redirect could lead past the URL policy).
+- redirects are not followed (a redirect could lead past the URL policy);
+- the configured header values are secrets: every error message and item error is scrubbed of them
+  (``rlcore.rewards.secrets``), endpoint bodies before they are quoted, and a header the HTTP library
+  refuses fails at once (no retry can fix it) with a message that does not show it.
 
 The trainer is synchronous, so the async machinery runs on one event loop in a background thread for the
 client's lifetime; ``score()`` submits to it and waits. Async callers (the service's validate endpoint)
@@ -31,9 +34,10 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity import wait_random_exponential as _full_jitter
 
-from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected
+from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected, RLFTError
 from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics
 from rlcore.rewards.protocol import parse_response, request_body
+from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import UnresolvableHost, check_reward_url
 from rlcore.spec import RewardSpec
 
@@ -84,6 +88,7 @@ class HTTPRewardClient:
             raise ConfigError("no reward URL: set reward.url in the spec")
         self.spec = spec
         self.url = spec.url
+        self.scrub = Scrubber.for_headers(spec.header_values())
         self.job_id = job_id
         self.allow_private = allow_private
         self.allowlist = allowlist
@@ -149,6 +154,17 @@ class HTTPRewardClient:
         )
 
     async def _score(self, step: int, items: list[RewardItem]) -> RewardBatchResult:
+        try:
+            result = await self._score_batches(step, items)
+        except RLFTError as exc:
+            # The one way out for errors: whatever raised it, no header value leaves in the message.
+            exc.message = self.scrub(exc.message)
+            exc.args = (exc.message,)
+            raise
+        result.errors = [self.scrub(e) if e is not None else None for e in result.errors]
+        return result
+
+    async def _score_batches(self, step: int, items: list[RewardItem]) -> RewardBatchResult:
         ids = [item.id for item in items]
         if len(set(ids)) != len(ids):
             raise ValueError("RewardItem ids must be unique within a step")
@@ -205,7 +221,9 @@ class HTTPRewardClient:
                 f"reward endpoint {self.url} failed after {attempts} attempt{'s' * (attempts > 1)} "
                 f"(step {step}, batch {n}); last: {exc}"
             ) from exc
-        return parse_response(self.spec.protocol, self.spec.on_error, self.url, status, text, batch)
+        return parse_response(
+            self.spec.protocol, self.spec.on_error, self.url, status, text, batch, scrub=self.scrub
+        )
 
     async def _attempt(self, payload: bytes, headers: dict[str, str], stats: _CallStats) -> tuple[int, str]:
         """One POST; returns (status, body) of a 2xx answer, raises ``_Retryable`` or ``RewardRejected``."""
@@ -219,15 +237,23 @@ class HTTPRewardClient:
             except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
                 stats.failed_requests += 1
                 raise _Retryable(f"timed out after {self.spec.timeout_s:g} s") from exc
+            except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+                # The request itself cannot be written, in practice a header: sending again cannot help.
+                # The library's text quotes the header, so it is scrubbed and the chain cut.
+                raise ConfigError(
+                    f"reward.headers cannot be sent ({self.scrub(f'{type(exc).__name__}: {exc}')}); header "
+                    "names must be tokens and values visible ASCII without CR, LF or NUL"
+                ) from None
             except httpx.TransportError as exc:
                 stats.failed_requests += 1
-                raise _Retryable(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
+                # Chain cut: the library's exception may quote the request, headers included.
+                raise _Retryable(self.scrub(f"{type(exc).__name__}: {exc or 'connection failed'}")) from None
             finally:
                 stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         if 200 <= status < 300:
             return status, text
         stats.failed_requests += 1
-        snippet = text[:200]
+        snippet = self.scrub(text)[:200]  # scrubbed whole first: a cut value would no longer match
         if status == 429 or status >= 500:
             retry_after = _retry_after_s(response_headers.get("retry-after"))
             raise _Retryable(f"HTTP {status} {snippet!r}", retry_after=retry_after)

@@ -31,6 +31,7 @@ from rlcore.rewards.base import (
     finite_number,
     resolve_item_error,
 )
+from rlcore.rewards.secrets import Scrubber
 
 PROTOCOL_V1 = "rlft.reward.v1"
 PROTOCOL_OPENRLHF = "openrlhf"
@@ -63,11 +64,21 @@ def request_body(protocol: str, job_id: str, step: int, request_id: str, batch: 
 
 
 def parse_response(
-    protocol: str, on_error: OnError, url: str, status: int, text: str, batch: list[RewardItem]
+    protocol: str,
+    on_error: OnError,
+    url: str,
+    status: int,
+    text: str,
+    batch: list[RewardItem],
+    scrub: Scrubber | None = None,
 ) -> RewardBatchResult:
-    """The rewards of ``batch`` read from a 2xx response body; raises ``RewardInvalid``."""
+    """The rewards of ``batch`` read from a 2xx response body; raises ``RewardInvalid``.
+
+    ``scrub`` (the request's header values) is applied to every string of the body before anything of it
+    is quoted or kept: an endpoint may echo the headers, and messages cut what they quote.
+    """
     where = f"reward endpoint {url}"
-    data = _json_object(where, status, text)
+    data = _json_object(where, status, text, scrub or Scrubber(()))
     if protocol == PROTOCOL_OPENRLHF:
         if "rewards" not in data:
             raise RewardInvalid(f'{where}: the OpenRLHF response has no "rewards" (keys: {sorted(data)})')
@@ -84,20 +95,20 @@ def parse_response(
     raise RewardInvalid(f'{where}: the response has neither "items" nor "rewards" (keys: {sorted(data)})')
 
 
-def _json_object(where: str, status: int, text: str) -> dict[str, Any]:
+def _json_object(where: str, status: int, text: str, scrub: Scrubber) -> dict[str, Any]:
     if not text.strip():
         raise RewardInvalid(f"{where} answered HTTP {status} with an empty body; expected a JSON object")
     try:
         data = json.loads(text)
     except ValueError:
         raise RewardInvalid(
-            f"{where} answered HTTP {status} with a body that is not JSON, starting with {text[:80]!r}"
+            f"{where} answered HTTP {status} with a body that is not JSON, starting with {scrub(text)[:80]!r}"
         ) from None
     if not isinstance(data, dict):
         raise RewardInvalid(
             f'{where} answered a JSON {_json_type(data)}; expected an object with "items" or "rewards"'
         )
-    return data
+    return scrub.data(data)
 
 
 def _json_type(value: Any) -> str:

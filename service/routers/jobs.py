@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rlcore.spec import JobSpec
 from service import crud, storage
+from service.crypto import HeaderCipher
 from service.deps import (
     CipherDep,
     CurrentTenant,
@@ -48,8 +49,14 @@ SSE_POLL_S = 0.2
 SSE_PING_S = 15
 
 
-def _request_hash(spec: JobSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.public_dict(), sort_keys=True).encode()).hexdigest()
+def _request_hash(spec: JobSpec, cipher: HeaderCipher) -> str:
+    """What makes two creates "the same request" for an Idempotency-Key: the public spec and, keyed so that
+    the stored hash tells nothing about them, the reward header values (the public spec masks them)."""
+    canonical = json.dumps(spec.public_dict(), sort_keys=True)
+    if headers := spec.reward.header_values():
+        # Only with headers: a job without any keeps the hash it had before values counted.
+        canonical += "\n" + cipher.fingerprint(headers)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @router.post("", status_code=201, response_model=JobPublic)
@@ -63,7 +70,7 @@ def create_job(
     queue: QueueDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
-    request_hash = _request_hash(spec)
+    request_hash = _request_hash(spec, cipher)
     if idempotency_key and (existing := _idempotent(session, tenant.id, idempotency_key, request_hash)):
         response.status_code = 200
         return crud.job_public(existing)

@@ -2,7 +2,8 @@
 
 It goes through the engine's own client (``rlcore.rewards.http.HTTPRewardClient``), so what passes here
 is what the job will see. Item errors come back per item (``on_error`` is forced to ``skip_sample``);
-timeouts and retries are capped so that a dead endpoint answers in seconds, not minutes.
+timeouts and retries are capped so that a dead endpoint answers in seconds, not minutes. The answer is
+scrubbed of the request's header values (an endpoint may echo them in an error body or an item error).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import APIRouter
 from rlcore.errors import RLFTError
 from rlcore.rewards.base import RewardItem
 from rlcore.rewards.http import HTTPRewardClient
+from rlcore.rewards.secrets import Scrubber
 from service.deps import CurrentTenant, SettingsDep
 from service.schemas import RewardValidateRequest, RewardValidateResponse
 from service.validation import check_reward_url
@@ -57,28 +59,33 @@ def validate_reward(
         backoff_cap_s=1.0,
         retry_after_cap_s=2.0,
     )
+    scrub = Scrubber.for_headers(spec.header_values())
     try:
         result = client.score(0, items)
     except RLFTError as e:
-        return RewardValidateResponse(
-            ok=False,
-            rewards=[None] * n,
-            errors=[None] * n,
-            components=[None] * n,
-            latency_ms=_ms(start),
-            protocol_error=e.to_dict(),
-            metrics={},
+        return scrub.model(
+            RewardValidateResponse(
+                ok=False,
+                rewards=[None] * n,
+                errors=[None] * n,
+                components=[None] * n,
+                latency_ms=_ms(start),
+                protocol_error=e.to_dict(),
+                metrics={},
+            )
         )
     finally:
         client.close()
-    return RewardValidateResponse(
-        ok=all(r is not None for r in result.rewards),
-        rewards=result.rewards,
-        errors=result.errors,
-        components=result.components,
-        latency_ms=_ms(start),
-        protocol_error=None,
-        metrics=result.metrics,
+    return scrub.model(
+        RewardValidateResponse(
+            ok=all(r is not None for r in result.rewards),
+            rewards=result.rewards,
+            errors=result.errors,
+            components=result.components,
+            latency_ms=_ms(start),
+            protocol_error=None,
+            metrics=result.metrics,
+        )
     )
 
 

@@ -1,8 +1,8 @@
 """A misbehaving reward server for the client's tests: a real FastAPI app on a real uvicorn socket.
 
-The path picks the behaviour (``/ok``, ``/slow``, ``/flaky?fail=2``, ``/status/400``, ``/nan``, ...); the
-server records every request (path, headers, body) and the most requests it had in flight at once, so
-tests can assert what arrived and how often.
+The path picks the behaviour (``/ok``, ``/slow``, ``/flaky?fail=2``, ``/status/400``, ``/nan``,
+``/echo/401`` which quotes the request's headers, ...); the server records every request (path, headers,
+body) and the most requests it had in flight at once, so tests can assert what arrived and how often.
 """
 
 from __future__ import annotations
@@ -153,6 +153,25 @@ def make_app(state: ServerState) -> FastAPI:
     @app.post("/redirect")
     async def redirect():
         return RedirectResponse("/ok", status_code=307)
+
+    # Endpoints that echo the request's headers back (a debug page, a proxy's error page, a careless log
+    # line): where the client quotes what it got, the header values must not come out.
+    @app.post("/echo/{code}")
+    async def echo(request: Request, code: int, pad: int = 0):
+        auth = request.headers.get("authorization")
+        text = f"{'x' * pad}denied, you sent authorization={auth!r}; all: {dict(request.headers)!r}"
+        return Response(text, status_code=code)
+
+    @app.post("/echo_items")
+    async def echo_items(request: Request, where: str = "error"):
+        auth = request.headers.get("authorization", "")
+        answers = _items_answer(await request.json())
+        for answer in answers:
+            if where == "error":
+                answer.update(reward=None, error=f"refused the credentials {auth!r} for this item")
+            else:  # a string where the reward belongs: the client quotes bad values, cut
+                answer.update(reward="x" * 40 + auth)
+        return JSONResponse({"items": answers})
 
     @app.post("/openrlhf")
     async def openrlhf(request: Request):

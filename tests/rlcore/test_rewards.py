@@ -270,11 +270,59 @@ def test_closed_client_refuses_to_score(server):
         ("http://[fe80::1]/", True, "link-local"),
         ("http://user:pw@example.com/", True, "credentials"),
         ("ftp://example.com/reward", True, "scheme 'ftp' is not allowed"),
+        # IPv6 forms that carry an IPv4 address are judged by the IPv4 host they reach
+        ("http://[::ffff:127.0.0.1]/", False, r"reaches 127\.0\.0\.1 .*loopback"),  # IPv4-mapped
+        ("http://[64:ff9b::7f00:1]/", False, r"reaches 127\.0\.0\.1 .*loopback"),  # NAT64 well-known
+        ("http://[64:ff9b::a00:5]:8000/", False, r"reaches 10\.0\.0\.5 .*private"),
+        ("http://[64:ff9b::a9fe:a9fe]/", True, "reaches 169.254.169.254 .*cloud metadata"),
+        # NAT64 local-use: never public itself; where private is allowed, every RFC 6052 position is judged
+        ("http://[64:ff9b:1::808:808]/", False, "local-use NAT64 address .* never public"),
+        ("http://[64:ff9b:1::a9fe:a9fe]/", True, "reaches 169.254.169.254 .*cloud metadata"),  # /96
+        ("http://[64:ff9b:1:a9fe:a9:fe00::]/", True, "never allowed"),  # 169.254.169.254 at /48
+        ("http://[64:ff9b:1:0:a9:fea9:fe00:0]/", True, "never allowed"),  # 169.254.169.254 at /64
+        ("http://[::7f00:1]/", False, r"reaches 127\.0\.0\.1 .*loopback"),  # IPv4-compatible
+        ("http://[::a9fe:a9fe]/", True, "cloud metadata"),
+        ("http://[::ffff:0:7f00:1]/", False, r"reaches 127\.0\.0\.1 .*loopback"),  # SIIT
+        ("http://[::ffff:0:a9fe:a9fe]/", True, "cloud metadata"),
+        ("http://[2002:7f00:1::1]/", False, r"reaches 127\.0\.0\.1 .*loopback"),  # 6to4
+        ("http://[2002:c0a8:101::1]/", False, r"reaches 192\.168\.1\.1 .*private"),
+        ("http://[2002:a9fe:a9fe::1]/", True, "cloud metadata"),
+        # Teredo: the client address is stored inverted (0x80fffffe is 127.0.0.1)
+        ("http://[2001:0:4136:e378:8000:63bf:5601:5601]/", True, "reaches 169.254.169.254 .*cloud metadata"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", False, "Teredo address .* never public"),
     ],
 )
 def test_url_policy_refuses(url, allow_private, reason):
     with pytest.raises(RewardURLForbidden, match=reason):
         check_reward_url(url, allow_private=allow_private, allowlist=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::808:808]/",  # NAT64 to 8.8.8.8
+        "http://[::ffff:8.8.8.8]/",
+        "http://[::808:808]/",
+        "http://[::ffff:0:808:808]/",
+        "http://[2002:808:808::1]/",
+        "http://[2606:4700:4700::1111]/",  # a plain public IPv6 address embeds nothing
+    ],
+)
+def test_url_policy_allows_ipv6_forms_of_public_ipv4_addresses(url):
+    check_reward_url(url, allow_private=False, allowlist=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b:1::a00:5]/",
+        "http://[2002:a00:5::1]/",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",  # Teredo to 127.0.0.1
+    ],
+)
+def test_url_policy_allows_embedded_private_addresses_only_when_asked(url):
+    check_reward_url(url, allow_private=True, allowlist=None)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import signal
 import time
 
 from rlft.settings import Settings
-from worker.supervisor import ChildOutcome, OutboxReader, Supervisor, _crash_error
+from worker.supervisor import SPEC_FILE, ChildOutcome, OutboxReader, Supervisor, _crash_error
 
 
 def _settings(tmp_path, server) -> Settings:
@@ -64,7 +64,7 @@ def test_a_lost_lease_kills_the_training_process_and_finishes_nothing(tmp_path, 
     assert time.monotonic() - started < 30
     actions = recording_server.actions()
     assert actions[0] == "claim" and actions.count("heartbeat") == 3 and "finish" not in actions
-    assert not any(p.name == "spec.json" for p in (tmp_path / "worker").rglob("*"))  # secrets removed
+    assert not any(p.name in ("spec.json", SPEC_FILE) for p in (tmp_path / "worker").rglob("*"))
 
 
 def test_outbox_reader_returns_whole_lines_only(tmp_path):
