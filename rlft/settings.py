@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         8 * 24 * 3600, ge=1, description="Redelivery delay of unacked messages: longer than the longest job."
     )
     run_background_tasks: bool = Field(True, description="Run the reaper/reconciler inside the API.")
+    # input validation (issue 9)
+    max_inline_spec_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest job-create or dry-run body; bigger datasets go through POST /v1/files (413).",
+    )
 
     @field_validator("reward_url_allowlist", mode="before")
     @classmethod

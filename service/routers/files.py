@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from rlcore.spec import validate_row
+from rlcore.spec import MAX_JSON_DEPTH, validate_row
 from rlft.settings import Settings
 from service import crud, storage
 from service.deps import CurrentTenant, SessionDep, SettingsDep
 from service.errors import Invalid, TooLarge
-from service.models import File, new_id
+from service.models import File, id_pattern, new_id
 from service.schemas import FilePublic
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -127,6 +127,14 @@ def _check_line(raw: bytes, n: int) -> None:
         raise Invalid(
             f"line {n} is not valid JSON: {e.msg} (column {e.colno})", field="file", code="dataset_invalid"
         ) from e
+    except RecursionError:
+        raise Invalid(
+            f"line {n} nests deeper than {MAX_JSON_DEPTH} levels: flatten it",
+            field="file",
+            code="dataset_invalid",
+        ) from None
+    except ValueError as e:  # an integer beyond Python's 4,300-digit conversion limit
+        raise Invalid(f"line {n} is not usable JSON: {e}", field="file", code="dataset_invalid") from e
     try:
         validate_row(row, where=f"line {n}")
     except ValueError as e:
@@ -142,6 +150,6 @@ def _copy_to_store(src: IO[bytes], url: str) -> None:
 
 @router.get("/{file_id}", response_model=FilePublic)
 def get_file(
-    file_id: Annotated[str, Path(min_length=1, max_length=64)], tenant: CurrentTenant, session: SessionDep
+    file_id: Annotated[str, Path(pattern=id_pattern("file"))], tenant: CurrentTenant, session: SessionDep
 ) -> FilePublic:
     return FilePublic.model_validate(crud.get_file(session, tenant.id, file_id), from_attributes=True)
