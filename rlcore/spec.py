@@ -104,7 +104,7 @@ def _path(path: Any) -> str:
         elif isinstance(key, int):
             parts.append(f"[{key}]")
         else:
-            parts.append(f".{key}" if isinstance(key, str) and _PLAIN_KEY.match(key) else ".<?>")
+            parts.append(f".{key}" if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else ".<?>")
     parts.reverse()
     return "".join(parts if len(parts) <= 12 else [*parts[:8], "…", *parts[-2:]])
 
@@ -218,8 +218,11 @@ def validate_row(row: Any, where: str) -> None:
 
 
 class RewardSpec(_Frozen):
+    model_config = ConfigDict(str_max_length=MAX_HEADER_VALUE)  # header values (a JWT) may exceed 4,096
+
     url: str | None = Field(
         None,
+        max_length=MAX_STR_LENGTH,
         description="The reward endpoint (POST). Required by the service; a local run may pass a callable.",
     )
     protocol: Literal["rlft.reward.v1", "openrlhf"] = Field(
@@ -238,16 +241,19 @@ class RewardSpec(_Frozen):
         "fail", description="What a per-item error does: fail the job, drop the sample, or score it 0."
     )
 
-    @field_validator("headers")
+    @field_validator("headers", mode="before")
     @classmethod
-    def _header_shape(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    def _header_shape(cls, headers: Any) -> Any:
         # An HTTP library refusing a header quotes its value in the exception, and that message travels
-        # to events and logs: refuse it here, naming the header, never its value.
+        # to events and logs: refuse it here, naming the header, never its value. Before type validation,
+        # so that no generic message (or pydantic's echo of the input) comes first.
+        if not isinstance(headers, dict):
+            return headers
         if len(headers) > MAX_HEADERS:
             raise ValueError(f"reward.headers has {len(headers)} headers; at most {MAX_HEADERS}")
         seen: set[str] = set()
         for name, secret in headers.items():
-            if len(name) > MAX_HEADER_NAME or not _TOKEN.match(name):
+            if not isinstance(name, str) or len(name) > MAX_HEADER_NAME or not _TOKEN.fullmatch(name):
                 raise ValueError(
                     "a reward.headers name is not an HTTP token: use letters, digits and !#$%&'*+-.^_`|~ "
                     f"(at most {MAX_HEADER_NAME} characters, no spaces or colons)"
@@ -255,10 +261,12 @@ class RewardSpec(_Frozen):
             if name.lower() in seen:
                 raise ValueError(f"reward.headers names {name} twice (header names ignore case)")
             seen.add(name.lower())
-            value = secret.get_secret_value()
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if not isinstance(value, str):
+                raise ValueError(f"the value of reward header {name} must be a string")
             if len(value) > MAX_HEADER_VALUE:
                 raise ValueError(f"the value of reward header {name} is longer than {MAX_HEADER_VALUE}")
-            if not _HEADER_VALUE.match(value):
+            if not _HEADER_VALUE.fullmatch(value):
                 raise ValueError(
                     f"the value of reward header {name} must be visible ASCII, with spaces or tabs only "
                     "between other characters (no leading/trailing whitespace, CR, LF, NUL or non-ASCII)"
@@ -372,7 +380,7 @@ class JobSpec(_Frozen):
     @field_validator("resources")
     @classmethod
     def _queue_name(cls, resources: ResourcesSpec) -> ResourcesSpec:
-        if resources.queue is not None and not re.match(QUEUE_PATTERN, resources.queue):
+        if resources.queue is not None and not re.fullmatch(QUEUE_PATTERN, resources.queue):
             raise ValueError(
                 "resources.queue is a queue name: 1-100 letters, digits, '_', '.', ':' or '-', "
                 "starting with a letter or digit"

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
@@ -160,7 +160,7 @@ def _metadata_filters(request: Request) -> dict[str, str]:
         if not k.startswith("metadata."):
             continue
         key = k[len("metadata.") :]
-        if not re.match(METADATA_KEY_PATTERN, key):
+        if not re.fullmatch(METADATA_KEY_PATTERN, key):
             raise Invalid(
                 "a metadata filter is metadata.KEY=VALUE with KEY of 1-64 letters, digits, '_', '.', ':', "
                 "'/' or '-'",
@@ -205,7 +205,7 @@ def get_metrics(
     session: SessionDep,
     after_step: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
     names: Annotated[
-        list[Annotated[Text, Query(max_length=2000)]] | None,
+        list[Annotated[Text, StringConstraints(max_length=2000)]] | None,
         Query(max_length=100, description="Metric names; repeat or comma-separate."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
