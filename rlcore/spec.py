@@ -9,10 +9,12 @@ resolved once, at validation.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import os
 import re
-from typing import Annotated, Any, Literal
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -73,25 +75,36 @@ def check_json_value(value: Any, where: str) -> None:
     """Raise ValueError naming the place unless ``value`` is storable JSON.
 
     Text (keys too) without NUL or lone surrogates, finite numbers, at most ``MAX_JSON_DEPTH`` levels of
-    objects and lists. Iterative, so that no input can exhaust the stack. Messages never quote a value:
-    the same walk checks reward header secrets.
+    objects and lists. Iterative, so that no input can exhaust the stack; a path is built only for
+    containers and only spelled out on error. Messages never quote a value: the same walk checks reward
+    header secrets.
     """
+    if not isinstance(value, (dict, list, tuple)):
+        _check_leaf(value, (None, where))
+        return
     stack: list[tuple[Any, Any, int]] = [(value, (None, where), 0)]
     while stack:
-        v, path, depth = stack.pop()
-        if isinstance(v, str):
-            check_text(v, _path(path))
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise ValueError(f"{_path(path)} must be a finite number (not NaN or infinity)")
-        elif isinstance(v, (dict, list, tuple)):
-            if depth >= MAX_JSON_DEPTH:
-                raise ValueError(f"{_path(path)} nests deeper than {MAX_JSON_DEPTH} levels: flatten it")
-            items = v.items() if isinstance(v, dict) else enumerate(v)
-            for k, item in items:
-                if isinstance(k, str):
-                    check_text(k, f"a key in {_path(path)}")
+        container, path, depth = stack.pop()
+        if depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"{_path(path)} nests deeper than {MAX_JSON_DEPTH} levels: flatten it")
+        is_dict = isinstance(container, dict)
+        for k, item in container.items() if is_dict else enumerate(container):
+            if is_dict and isinstance(k, str) and _BAD_TEXT.search(k):
+                check_text(k, f"a key in {_path(path)}")
+            if isinstance(item, (dict, list, tuple)):
                 stack.append((item, (path, k), depth + 1))
+            elif isinstance(item, str):
+                if _BAD_TEXT.search(item):
+                    check_text(item, _path((path, k)))
+            elif isinstance(item, float) and not math.isfinite(item):
+                _check_leaf(item, (path, k))
+
+
+def _check_leaf(value: Any, path: Any) -> None:
+    if isinstance(value, str):
+        check_text(value, _path(path))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_path(path)} must be a finite number (not NaN or infinity)")
 
 
 def _path(path: Any) -> str:
@@ -122,13 +135,25 @@ class _Frozen(BaseModel):
         hide_input_in_errors=True,
     )
 
+    # Fields whose raw value another check walks already (so that a big inline dataset is walked once).
+    _walked_elsewhere: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*", mode="before")
     @classmethod
     def _storable(cls, value: Any, info: ValidationInfo) -> Any:
-        # Values typed Any (rows, labels, metadata) would otherwise reach Postgres unchecked.
-        if not isinstance(value, BaseModel):
-            check_json_value(value, info.field_name or "value")
+        # Values typed Any (rows, labels, metadata) would otherwise reach Postgres unchecked. A nested
+        # spec model's fields walk their own values.
+        name = info.field_name or "value"
+        if name not in cls._walked_elsewhere and not _holds_spec_model(cls.model_fields[name].annotation):
+            check_json_value(value, name)
         return value
+
+
+@functools.cache
+def _holds_spec_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, _Frozen):
+        return True
+    return any(_holds_spec_model(arg) for arg in typing.get_args(annotation))
 
 
 _ModuleNames = Annotated[
@@ -165,6 +190,8 @@ class DatasetSpec(_Frozen):
     A row is ``{"prompt": str, "label": any, "metadata": {...}}`` or ``{"messages": [...]}`` (rendered with
     the tokenizer's chat template).
     """
+
+    _walked_elsewhere = frozenset({"rows"})  # validate_row walks each row
 
     rows: list[dict[str, Any]] | None = Field(
         None, description="Inline rows (the service takes at most 10,000; larger datasets go in a file)."

@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from rlcore.spec import MAX_METADATA_VALUE, METADATA_KEY_PATTERN, JobSpec, check_text
+from rlcore.spec import (
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE,
+    METADATA_KEY_PATTERN,
+    JobSpec,
+    check_text,
+)
 from service import crud, storage
 from service.bodies import BoundedJSONRoute
 from service.deps import (
@@ -173,6 +179,10 @@ def _metadata_filters(request: Request) -> dict[str, str]:
         except ValueError as e:
             raise Invalid(str(e), field=k) from e
         filters[key] = v
+    if len(filters) > MAX_METADATA_KEYS:
+        raise Invalid(
+            f"at most {MAX_METADATA_KEYS} metadata filters (a job has at most as many keys)", field="metadata"
+        )
     return filters
 
 
