@@ -7,11 +7,15 @@ field (never a header's value), on SQLite and on Postgres.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from rlft.settings import Settings
 from service.app import create_app
@@ -390,3 +394,35 @@ def test_a_valid_last_event_id_resumes_the_stream(settings: Settings, alice: dic
             "GET", f"/v1/jobs/{jid}/events/stream", headers={"Last-Event-ID": str(2**62)}, timeout=30
         ) as r:
             assert r.status_code == 200 and [ln for ln in r.iter_lines() if ln.startswith("id: ")] == []
+
+
+# --- a property run over row values: whatever JSON a row carries, the answer is 201 or 422 ---
+
+_TEXT = st.text(st.characters(codec=None, categories=["L", "N", "P", "S", "Z", "C"]), max_size=8)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def test_any_row_value_is_stored_or_refused_never_500(client: TestClient, alice: dict) -> None:
+    codes: Counter[int] = Counter()
+
+    @given(label=_JSON, metadata=st.dictionaries(_TEXT, _JSON, max_size=3), prompt=_TEXT)
+    @hypothesis_settings(
+        max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    def check(label: Any, metadata: dict, prompt: str) -> None:
+        row = {"prompt": prompt or "p", "label": label, "metadata": metadata}
+        # allow_nan: a hostile client's NaN/Infinity tokens, which Python's json accepts.
+        text = json.dumps(job_body(dataset={"rows": [row]}), allow_nan=True)
+        r = _post_raw(client, "/v1/jobs", text, alice)
+        codes[r.status_code] += 1
+        assert r.status_code in (201, 422), r.text[:300]
+        if r.status_code == 201:
+            got = client.get(f"/v1/jobs/{r.json()['id']}", headers=alice)
+            assert got.status_code == 200
+
+    check()
+    assert codes[201] > 0 and codes[422] > 0, codes
