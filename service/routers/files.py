@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from typing import IO, Annotated
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from rlcore.spec import MAX_JSON_DEPTH, validate_row
+from rlcore.spec import MAX_JSON_DEPTH, check_text, validate_row
 from rlft.settings import Settings
 from service import crud, storage
 from service.deps import CurrentTenant, SessionDep, SettingsDep
@@ -24,6 +25,7 @@ from service.schemas import FilePublic
 router = APIRouter(prefix="/v1/files", tags=["files"])
 # Multipart framing around the file: headers, boundaries, the purpose field.
 _FORM_OVERHEAD = 64 * 1024
+_PURPOSE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -56,8 +58,14 @@ async def upload_file(
     upload, purpose = form.get("file"), form.get("purpose") or "dataset"
     if not isinstance(upload, UploadFile):
         raise Invalid("send the dataset as the multipart field 'file'", field="file")
-    if not isinstance(purpose, str) or len(purpose) > 40:
-        raise Invalid("purpose is a short string such as 'dataset'", field="purpose")
+    if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
+        raise Invalid(
+            "purpose is a short word such as 'dataset' (1-40 letters, digits, '_' or '-')", field="purpose"
+        )
+    try:
+        check_text(upload.filename or "", "the file name")
+    except ValueError as e:
+        raise Invalid(str(e), field="file") from e
     # Validation and the copy read the whole file: off the event loop.
     return await run_in_threadpool(_store, session, settings, tenant.id, upload, purpose)
 

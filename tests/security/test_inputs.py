@@ -341,6 +341,35 @@ def test_uploads_refuse_rows_that_would_poison_a_claim(
     assert r.json()["detail"]["code"] == "dataset_invalid" and problem in r.json()["detail"]["message"]
 
 
+def test_upload_form_fields_are_checked(client: TestClient, alice: dict) -> None:
+    # A NUL in `purpose` answered 500 on Postgres (text columns refuse it).
+    line = b'{"prompt": "p"}\n'
+
+    def upload(purpose: str) -> httpx.Response:
+        files = {"file": ("d.jsonl", line)}
+        return client.post("/v1/files", files=files, data={"purpose": purpose}, headers=alice)
+
+    for purpose in ["data\x00set", "x" * 41, "data set"]:
+        assert "purpose" in _fields(upload(purpose))
+    # httpx writes a NUL in a file name as %00; a raw multipart body can carry the byte itself.
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a\x00b.jsonl"\r\n\r\n'
+        ).encode()
+        + line
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = client.post(
+        "/v1/files",
+        content=body,
+        headers={**alice, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert "file name contains a NUL" in _fields(r)
+    r = upload("eval-set_2")
+    assert r.status_code == 201 and r.json()["purpose"] == "eval-set_2"
+
+
 def test_an_uploaded_dataset_with_unicode_is_claimable(client: TestClient, alice: dict) -> None:
     # Paired surrogates (an emoji written as an escape) are valid text and go all the way to the worker.
     f = _upload(client, alice, b'{"prompt": "smile \\ud83d\\ude00", "label": "\xc3\xa9"}\n').json()
