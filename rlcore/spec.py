@@ -9,11 +9,49 @@ resolved once, at validation.
 from __future__ import annotations
 
 import enum
+import functools
 import math
+import os
 import re
-from typing import Any, Literal
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+# --- Limits on what a spec may hold. Every input reaches a database, a worker or a reward endpoint: each is
+# bounded here, once, so that a bad one is refused at submit with its field instead of failing later.
+MAX_JSON_DEPTH = 64  # nesting of labels, metadata and messages in rows (and of an uploaded line)
+MAX_STR_LENGTH = 4096  # any string field of the spec (urls, paths, names) unless a field says otherwise
+MAX_METADATA_KEYS = 64
+MAX_METADATA_VALUE = 512  # characters; key + value stay inside a Postgres btree index row (2,704 bytes)
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"  # the jobs.queue column is 100 characters
+MAX_REVISION_LENGTH = 255
+MAX_TARGET_MODULES = 256
+MAX_HEADERS = 32
+MAX_HEADER_NAME = 128
+MAX_HEADER_VALUE = 8192
+# accelerate's set_seed(seed + rank) seeds numpy's legacy generator, which takes 0 <= seed < 2**32.
+MAX_SEED = 2**31 - 1
+MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 1_000_000  # after aliases are expanded: a 10,000-row inline dataset is ~50,000
+
+# RFC 9110 token (header names) and field-value made of visible ASCII with inner spaces/tabs only.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$")
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
 class Algorithm(str, enum.Enum):
@@ -21,16 +59,115 @@ class Algorithm(str, enum.Enum):
     PPO = "ppo"
 
 
+def check_text(value: str, where: str) -> None:
+    """Raise ValueError unless ``value`` is text both databases and every JSON encoder accept."""
+    bad = _BAD_TEXT.search(value)
+    if bad is None:
+        return
+    if bad.group() == "\x00":
+        raise ValueError(f"{where} contains a NUL character (U+0000): remove it")
+    raise ValueError(
+        f"{where} contains a lone surrogate (an unpaired \\ud800-\\udfff escape): send valid Unicode text"
+    )
+
+
+def check_json_value(value: Any, where: str) -> None:
+    """Raise ValueError naming the place unless ``value`` is storable JSON.
+
+    Text (keys too) without NUL or lone surrogates, finite numbers, at most ``MAX_JSON_DEPTH`` levels of
+    objects and lists. Iterative, so that no input can exhaust the stack; a path is built only for
+    containers and only spelled out on error. Messages never quote a value: the same walk checks reward
+    header secrets.
+    """
+    if not isinstance(value, (dict, list, tuple)):
+        _check_leaf(value, (None, where))
+        return
+    stack: list[tuple[Any, Any, int]] = [(value, (None, where), 0)]
+    while stack:
+        container, path, depth = stack.pop()
+        if depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"{_path(path)} nests deeper than {MAX_JSON_DEPTH} levels: flatten it")
+        is_dict = isinstance(container, dict)
+        for k, item in container.items() if is_dict else enumerate(container):
+            if is_dict and isinstance(k, str) and _BAD_TEXT.search(k):
+                check_text(k, f"a key in {_path(path)}")
+            if isinstance(item, (dict, list, tuple)):
+                stack.append((item, (path, k), depth + 1))
+            elif isinstance(item, str):
+                if _BAD_TEXT.search(item):
+                    check_text(item, _path((path, k)))
+            elif isinstance(item, float) and not math.isfinite(item):
+                _check_leaf(item, (path, k))
+
+
+def _check_leaf(value: Any, path: Any) -> None:
+    if isinstance(value, str):
+        check_text(value, _path(path))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_path(path)} must be a finite number (not NaN or infinity)")
+
+
+def _path(path: Any) -> str:
+    """``rows[0].label.key`` from the linked (parent, key) pairs; keys that are not plain show as ``<?>``."""
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        if path is None:
+            parts.append(str(key))
+        elif isinstance(key, int):
+            parts.append(f"[{key}]")
+        else:
+            parts.append(f".{key}" if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else ".<?>")
+    parts.reverse()
+    return "".join(parts if len(parts) <= 12 else [*parts[:8], "…", *parts[-2:]])
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    # strict: no `true` for a number, no "3" for an int, no 3.0 for an int (an int is fine for a float);
+    # enum fields opt out so that their JSON strings keep working from Python dicts too.
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_enum_values=False,
+        strict=True,
+        allow_inf_nan=False,
+        str_max_length=MAX_STR_LENGTH,
+        hide_input_in_errors=True,
+    )
+
+    # Fields whose raw value another check walks already (so that a big inline dataset is walked once).
+    _walked_elsewhere: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        # Values typed Any (rows, labels, metadata) would otherwise reach Postgres unchecked. A nested
+        # spec model's fields walk their own values.
+        name = info.field_name or "value"
+        if name not in cls._walked_elsewhere and not _holds_spec_model(cls.model_fields[name].annotation):
+            check_json_value(value, name)
+        return value
+
+
+@functools.cache
+def _holds_spec_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, _Frozen):
+        return True
+    return any(_holds_spec_model(arg) for arg in typing.get_args(annotation))
+
+
+_ModuleNames = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
+    Field(min_length=1, max_length=MAX_TARGET_MODULES),
+]
 
 
 class LoraSpec(_Frozen):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear'."
+    target_modules: _ModuleNames | Literal["all-linear"] = Field(
+        "all-linear", description=f"Module names to adapt (at most {MAX_TARGET_MODULES}), or 'all-linear'."
     )
 
 
@@ -51,7 +188,9 @@ class ModelSpec(_Frozen):
         max_length=64,
         description="Service only: continue from one of your checkpoints (its id, ckpt_…).",
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    revision: str | None = Field(
+        None, max_length=MAX_REVISION_LENGTH, description="Hub revision (branch, tag or commit)."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
     )
@@ -89,8 +228,14 @@ class DatasetSpec(_Frozen):
     the tokenizer's chat template).
     """
 
-    rows: list[dict[str, Any]] | None = Field(None, description="Inline rows.")
-    file_id: str | None = Field(None, description="A JSONL file uploaded through POST /v1/files.")
+    _walked_elsewhere = frozenset({"rows"})  # validate_row walks each row
+
+    rows: list[dict[str, Any]] | None = Field(
+        None, description="Inline rows (the service takes at most 10,000; larger datasets go in a file)."
+    )
+    file_id: str | None = Field(
+        None, max_length=64, description="A JSONL file uploaded through POST /v1/files."
+    )
     path: str | None = Field(
         None, description="A local JSONL file (local runs and workers with shared disk)."
     )
@@ -112,9 +257,14 @@ class DatasetSpec(_Frozen):
 
 
 def validate_row(row: Any, where: str) -> None:
-    """Raise ValueError with the row's location unless it is a usable dataset row."""
+    """Raise ValueError with the row's location unless it is a usable dataset row.
+
+    Inline rows, uploaded lines and local files all pass here: text without NUL or lone surrogates,
+    finite numbers, bounded nesting (see :func:`check_json_value`).
+    """
     if not isinstance(row, dict):
         raise ValueError(f"{where} must be an object with a 'prompt' or 'messages' field")
+    check_json_value(row, where)
     if "prompt" in row:
         if not isinstance(row["prompt"], str) or not row["prompt"]:
             raise ValueError(f"{where}.prompt must be a non-empty string")
@@ -132,8 +282,11 @@ def validate_row(row: Any, where: str) -> None:
 
 
 class RewardSpec(_Frozen):
+    model_config = ConfigDict(str_max_length=MAX_HEADER_VALUE)  # header values (a JWT) may exceed 4,096
+
     url: str | None = Field(
         None,
+        max_length=MAX_STR_LENGTH,
         description="The reward endpoint (POST). Required by the service; a local run may pass a callable.",
     )
     protocol: Literal["rlft.reward.v1", "openrlhf"] = Field(
@@ -151,6 +304,38 @@ class RewardSpec(_Frozen):
     on_error: Literal["fail", "skip_sample", "zero"] = Field(
         "fail", description="What a per-item error does: fail the job, drop the sample, or score it 0."
     )
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _header_shape(cls, headers: Any) -> Any:
+        # An HTTP library refusing a header quotes its value in the exception, and that message travels
+        # to events and logs: refuse it here, naming the header, never its value. Before type validation,
+        # so that no generic message (or pydantic's echo of the input) comes first.
+        if not isinstance(headers, dict):
+            return headers
+        if len(headers) > MAX_HEADERS:
+            raise ValueError(f"reward.headers has {len(headers)} headers; at most {MAX_HEADERS}")
+        seen: set[str] = set()
+        for name, secret in headers.items():
+            if not isinstance(name, str) or len(name) > MAX_HEADER_NAME or not _TOKEN.fullmatch(name):
+                raise ValueError(
+                    "a reward.headers name is not an HTTP token: use letters, digits and !#$%&'*+-.^_`|~ "
+                    f"(at most {MAX_HEADER_NAME} characters, no spaces or colons)"
+                )
+            if name.lower() in seen:
+                raise ValueError(f"reward.headers names {name} twice (header names ignore case)")
+            seen.add(name.lower())
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if not isinstance(value, str):
+                raise ValueError(f"the value of reward header {name} must be a string")
+            if len(value) > MAX_HEADER_VALUE:
+                raise ValueError(f"the value of reward header {name} is longer than {MAX_HEADER_VALUE}")
+            if not _HEADER_VALUE.fullmatch(value):
+                raise ValueError(
+                    f"the value of reward header {name} must be visible ASCII, with spaces or tabs only "
+                    "between other characters (no leading/trailing whitespace, CR, LF, NUL or non-ASCII)"
+                )
+        return headers
 
     @field_validator("url")
     @classmethod
@@ -179,14 +364,17 @@ class Hyperparameters(_Frozen):
     )
     weight_decay: float = Field(0.0, ge=0, le=1)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup, in optimizer steps.")
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Linear warmup, in optimizer steps.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
     epochs_per_rollout: int = Field(1, ge=1, le=100, description="Passes over each rollout batch.")
     minibatch_size: int | None = Field(
-        None, ge=1, description="Samples per optimizer step (default: the whole rollout batch)."
+        None, ge=1, le=2**26, description="Samples per optimizer step (default: the whole rollout batch)."
     )
     micro_batch_size: int | None = Field(
-        None, ge=1, description="Samples per forward/backward (gradient accumulation); default: minibatch."
+        None,
+        ge=1,
+        le=2**26,
+        description="Samples per forward/backward (gradient accumulation); default: minibatch.",
     )
     clip_low: float = Field(0.2, gt=0, lt=1, description="Ratio clip below 1 (epsilon).")
     clip_high: float = Field(0.2, gt=0, le=10, description="Ratio clip above 1 (clip-higher: e.g. 0.28).")
@@ -200,7 +388,7 @@ class Hyperparameters(_Frozen):
     kl_target: float | None = Field(
         None, gt=0, description="With kl_in='reward': adaptive KL controller target (None: fixed kl_coef)."
     )
-    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon.")
+    kl_horizon: int = Field(10000, ge=1, le=10**9, description="Adaptive KL controller horizon.")
     gamma: float = Field(1.0, ge=0, le=1, description="PPO discount.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO GAE lambda.")
     vf_coef: float = Field(0.1, ge=0, description="PPO value loss coefficient.")
@@ -208,20 +396,20 @@ class Hyperparameters(_Frozen):
     whiten_advantages: bool = Field(True, description="PPO: whiten advantages over the batch.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scaling.")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean")
-    seed: int = Field(0, ge=0, description="Seeds sampling, initialisation and data order.")
-    checkpoint_every: int = Field(50, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seeds sampling, initialisation and data order (< 2**31)."
+    )
+    checkpoint_every: int = Field(
+        50, ge=0, le=1_000_000, description="Checkpoint every N steps (0: only at the end)."
+    )
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="Checkpoints kept on disk (newest).")
     logprob_chunk_size: int = Field(
-        1024, ge=1, description="Tokens per chunk in the memory-light log-softmax over the vocabulary."
+        1024,
+        ge=1,
+        le=2**20,
+        description="Tokens per chunk in the memory-light log-softmax over the vocabulary.",
     )
     samples_per_step: int = Field(16, ge=0, le=4096, description="Per-sample records reported each step.")
-
-    @model_validator(mode="after")
-    def _finite(self) -> Hyperparameters:
-        for name, value in self:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"hyperparameters.{name} must be a finite number")
-        return self
 
 
 class ResourcesSpec(_Frozen):
@@ -234,15 +422,33 @@ class ResourcesSpec(_Frozen):
     )
     queue: str | None = Field(None, description="Celery queue (default: 'gpu', or 'cpu' when gpus is 0).")
 
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, queue: str | None) -> str | None:
+        if queue is not None and not re.fullmatch(QUEUE_PATTERN, queue):
+            raise ValueError(
+                "resources.queue is a queue name: 1-100 letters, digits, '_', '.', ':' or '-', "
+                "starting with a letter or digit"
+            )
+        return queue
+
+
+_MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY_PATTERN)]
+_MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
+
 
 class JobSpec(_Frozen):
-    algorithm: Algorithm = Field(Algorithm.GRPO, description="grpo or ppo.")
+    algorithm: Algorithm = Field(Algorithm.GRPO, strict=False, description="grpo or ppo.")
     model: ModelSpec
     dataset: DatasetSpec
     reward: RewardSpec = Field(default_factory=RewardSpec)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    metadata: dict[str, str] = Field(default_factory=dict, description="Free key/values, filterable.")
+    metadata: dict[_MetadataKey, _MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description=f"Free key/values, filterable (at most {MAX_METADATA_KEYS} keys).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -315,12 +521,108 @@ class JobSpec(_Frozen):
         return d
 
 
-def load_spec(path: str) -> JobSpec:
-    """Read a YAML or JSON spec file."""
-    import yaml
+class SpecFileError(ValueError):
+    """A spec file cannot be read as a spec; the message says what is wrong and what to do."""
 
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+
+def load_spec_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML or JSON spec file into a dict, refusing what would exhaust memory.
+
+    The one loader of spec files (CLI, client, local runs, demo). A file above ``MAX_SPEC_FILE_BYTES``, more
+    than ``MAX_YAML_ALIASES`` aliases or more than ``MAX_YAML_NODES`` nodes once aliases are expanded (a
+    "billion laughs" file is a few hundred bytes), recursive aliases and runaway nesting are refused
+    before any Python object is built.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_SPEC_FILE_BYTES:
+            raise SpecFileError(
+                f"{path} is {size} bytes; spec files are limited to {MAX_SPEC_FILE_BYTES}: "
+                "put the dataset in a JSONL file (rlft submit --file DATA.jsonl)"
+            )
+        with open(path, encoding="utf-8") as f:
+            loader = _BoundedLoader(f)
+            try:
+                node = loader.get_single_node()
+                if node is None:
+                    data = None
+                else:
+                    _check_expanded_size(node, str(path))
+                    data = loader.construct_document(node)
+            finally:
+                loader.dispose()
+    except FileNotFoundError:
+        raise SpecFileError(f"no such spec file: {path}") from None
+    except UnicodeDecodeError:
+        raise SpecFileError(f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise SpecFileError(f"{path} nests too deeply to be a job spec") from None
+    except yaml.YAMLError as e:
+        raise SpecFileError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a job spec is a mapping with 'model', 'dataset', ... at the top level")
-    return JobSpec.model_validate(data)
+        raise SpecFileError(f"{path}: a job spec is a mapping with 'model', 'dataset', ... at the top level")
+    return data
+
+
+def load_spec(path: str) -> JobSpec:
+    """Read and validate a YAML or JSON spec file."""
+    return JobSpec.model_validate(load_spec_data(path))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts aliases and reads 1e-6 as a number (YAML 1.2), not as a string."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise SpecFileError(
+                    f"the spec uses more than {MAX_YAML_ALIASES} YAML aliases (*name): write the values out"
+                )
+        return super().compose_node(parent, index)
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot: `learning_rate: 1e-6` would be the string "1e-6",
+# which a strictly typed spec refuses. Resolve YAML 1.2 exponent floats as floats.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _check_expanded_size(root: Any, path: str) -> None:
+    """Count the nodes the document has once every alias is expanded; refuse cycles and huge totals."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    # Iterative post-order walk: (node, children pushed?)
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if not isinstance(node, yaml.CollectionNode):
+            sizes[key] = 1
+            continue
+        children = (
+            [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else node.value
+        )
+        if expanded:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise SpecFileError(
+                    f"{path} expands to more than {MAX_YAML_NODES} values (YAML aliases): write it without "
+                    "aliases, or put the dataset in a JSONL file"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise SpecFileError(f"{path} has a YAML alias that contains itself")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)

@@ -307,21 +307,16 @@ def _print_up(url: str, key: str, reward: str | None, log_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- job commands
 def _load_spec_dict(path: str, **overrides: Any) -> dict[str, Any]:
     """Read and validate a spec locally first: a typo is reported with its field before any upload."""
-    import yaml
     from pydantic import ValidationError as PydanticValidationError
 
-    from rlcore.spec import JobSpec
+    from rlcore.spec import JobSpec, SpecFileError, load_spec_data
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CLIError(f"no such spec file: {path}") from exc
+        data = load_spec_data(path)
+    except SpecFileError as exc:
+        raise CLIError(str(exc)) from exc
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise CLIError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise CLIError(f"{path}: a job spec is a mapping with 'model', 'dataset', ... at the top level")
     try:
         JobSpec.model_validate({**data, **overrides})
     except PydanticValidationError as exc:

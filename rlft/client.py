@@ -256,10 +256,9 @@ class _Resource:
 def _spec_body(spec: Any) -> dict[str, Any]:
     """A spec as a JSON body: a JobSpec keeps its secret header values (the service encrypts them)."""
     if isinstance(spec, (str, Path)):
-        import yaml
+        from rlcore.spec import load_spec_data
 
-        with open(spec, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
+        spec = load_spec_data(spec)
     if hasattr(spec, "secret_dict"):
         return spec.secret_dict()
     if isinstance(spec, Mapping):

@@ -176,9 +176,9 @@ def stack_env(data_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ demo
 def demo_spec(reward_url: str) -> dict[str, Any]:
     """The example GRPO letter spec, pointed at our reward server and the locally built model."""
-    import yaml
+    from rlcore.spec import load_spec_data
 
-    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    spec = load_spec_data(DEMO_SPEC)
     spec.setdefault("reward", {})["url"] = reward_url
     model = spec["model"]
     # The worker may run from another directory: give it an absolute path to the local model.

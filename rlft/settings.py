@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         le=64,
         description="CPU ranks a worker without GPUs offers to a job asking for >1 (tests, CPU-only fleets).",
     )
+    # input validation (issue 9)
+    max_inline_spec_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest job-create or dry-run body; bigger datasets go through POST /v1/files (413).",
+    )
 
     @field_validator("reward_url_allowlist", mode="before")
     @classmethod

@@ -56,7 +56,7 @@ def job_public(job: Job) -> JobPublic:
         finished_at=job.finished_at,
         algorithm=job.algorithm,
         model=job.model,
-        spec=job.spec,
+        spec=_spec_summary(job.spec),
         metadata=job.job_metadata,
         progress={"step": job.progress_step, "total_steps": job.total_steps},
         latest_metrics={k: v["value"] for k, v in (job.latest_metrics or {}).items()},
@@ -64,6 +64,15 @@ def job_public(job: Job) -> JobPublic:
         attempts=job.attempts,
         queue=job.queue,
     )
+
+
+def _spec_summary(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec a GET or list answers with: inline rows become their count (the worker gets them all)."""
+    dataset = spec.get("dataset") or {}
+    if dataset.get("rows") is None:
+        return spec
+    summary = {k: v for k, v in dataset.items() if k != "rows"}
+    return {**spec, "dataset": {**summary, "inline_rows": len(dataset["rows"])}}
 
 
 def find_idempotent(session: Session, tenant_id: str, key: str) -> Job | None:

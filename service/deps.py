@@ -15,7 +15,7 @@ from service import crud
 from service.crypto import HeaderCipher
 from service.db import session_scope
 from service.keys import tenant_for_key
-from service.models import Job, Tenant
+from service.models import Job, Tenant, id_pattern
 from service.queue import JobQueue
 
 _tenant_bearer = HTTPBearer(
@@ -67,7 +67,7 @@ def current_tenant(
 
 
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
-JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id (job_…).")]
+JobId = Annotated[str, Path(pattern=id_pattern("job"), description="The job id (job_ and 24 hex digits).")]
 
 
 def job_for_tenant(job_id: JobId, tenant: CurrentTenant, session: SessionDep) -> Job:

@@ -65,6 +65,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
+def id_pattern(prefix: str) -> str:
+    """The shape of every id :func:`new_id` makes with ``prefix``; path parameters are checked against it."""
+    return f"^{prefix}_[0-9a-f]{{24}}$"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on both dialects (SQLite stores naive values)."""
 

@@ -6,9 +6,9 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from rlcore.spec import RewardSpec
+from rlcore.spec import RewardSpec, check_json_value
 
 # Ids and names in paths and bodies stay short: nothing a client sends is unbounded.
 _Name = Field(min_length=1, max_length=200)
@@ -162,10 +162,19 @@ class FilePublic(BaseModel):
 
 
 class RewardValidateItem(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
     prompt: str = Field(max_length=1_000_000)
     completion: str = Field(max_length=1_000_000)
     label: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        # The same rule as dataset rows: what the dry run sends is what a job would send.
+        check_json_value(value, info.field_name or "value")
+        return value
 
 
 class RewardValidateRequest(BaseModel):

@@ -76,7 +76,7 @@ def _check_path(path: str, settings: Settings) -> None:
             rows += 1
             try:
                 validate_row(json.loads(line), where=f"line {n}")
-            except (ValueError, json.JSONDecodeError) as e:
+            except (ValueError, RecursionError) as e:
                 raise Invalid(f"dataset.path {path!r}: {e}", field="dataset.path") from e
     if rows == 0:
         raise Invalid(f"dataset.path {path!r} has no rows", field="dataset.path")

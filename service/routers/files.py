@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from typing import IO, Annotated
 
@@ -13,17 +14,18 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from rlcore.spec import validate_row
+from rlcore.spec import MAX_JSON_DEPTH, check_text, validate_row
 from rlft.settings import Settings
 from service import crud, storage
 from service.deps import CurrentTenant, SessionDep, SettingsDep
 from service.errors import Invalid, TooLarge
-from service.models import File, new_id
+from service.models import File, id_pattern, new_id
 from service.schemas import FilePublic
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 # Multipart framing around the file: headers, boundaries, the purpose field.
 _FORM_OVERHEAD = 64 * 1024
+_PURPOSE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -56,8 +58,14 @@ async def upload_file(
     upload, purpose = form.get("file"), form.get("purpose") or "dataset"
     if not isinstance(upload, UploadFile):
         raise Invalid("send the dataset as the multipart field 'file'", field="file")
-    if not isinstance(purpose, str) or len(purpose) > 40:
-        raise Invalid("purpose is a short string such as 'dataset'", field="purpose")
+    if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
+        raise Invalid(
+            "purpose is a short word such as 'dataset' (1-40 letters, digits, '_' or '-')", field="purpose"
+        )
+    try:
+        check_text(upload.filename or "", "the file name")
+    except ValueError as e:
+        raise Invalid(str(e), field="file") from e
     # Validation and the copy read the whole file: off the event loop.
     return await run_in_threadpool(_store, session, settings, tenant.id, upload, purpose)
 
@@ -127,6 +135,14 @@ def _check_line(raw: bytes, n: int) -> None:
         raise Invalid(
             f"line {n} is not valid JSON: {e.msg} (column {e.colno})", field="file", code="dataset_invalid"
         ) from e
+    except RecursionError:
+        raise Invalid(
+            f"line {n} nests deeper than {MAX_JSON_DEPTH} levels: flatten it",
+            field="file",
+            code="dataset_invalid",
+        ) from None
+    except ValueError as e:  # an integer beyond Python's 4,300-digit conversion limit
+        raise Invalid(f"line {n} is not usable JSON: {e}", field="file", code="dataset_invalid") from e
     try:
         validate_row(row, where=f"line {n}")
     except ValueError as e:
@@ -142,6 +158,6 @@ def _copy_to_store(src: IO[bytes], url: str) -> None:
 
 @router.get("/{file_id}", response_model=FilePublic)
 def get_file(
-    file_id: Annotated[str, Path(min_length=1, max_length=64)], tenant: CurrentTenant, session: SessionDep
+    file_id: Annotated[str, Path(pattern=id_pattern("file"))], tenant: CurrentTenant, session: SessionDep
 ) -> FilePublic:
     return FilePublic.model_validate(crud.get_file(session, tenant.id, file_id), from_attributes=True)

@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from typing import Annotated, Any
 
 import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import AfterValidator, StringConstraints
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from rlcore.spec import JobSpec
+from rlcore.spec import (
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE,
+    METADATA_KEY_PATTERN,
+    JobSpec,
+    check_text,
+)
 from service import crud, storage
+from service.bodies import BoundedJSONRoute
 from service.crypto import HeaderCipher
 from service.deps import (
     CipherDep,
@@ -27,8 +36,8 @@ from service.deps import (
     SessionDep,
     SettingsDep,
 )
-from service.errors import ApiError, Conflict
-from service.models import TERMINAL, Event, Job, JobStatus
+from service.errors import ApiError, Conflict, Invalid
+from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
 from service.schemas import (
     CheckpointList,
     CheckpointPublic,
@@ -43,10 +52,29 @@ from service.schemas import (
 )
 from service.validation import check_dataset, check_model, check_resources, check_reward_url
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRoute)
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
 SSE_POLL_S = 0.2
 SSE_PING_S = 15
+MAX_EVENT_ID = 2**62
+
+
+def _clean_text(value: str) -> str:
+    check_text(value, "the value")
+    return value
+
+
+def _event_id(value: str) -> str:
+    if int(value) > MAX_EVENT_ID:
+        raise ValueError(f"an event id is at most {MAX_EVENT_ID}: send the id of an event you received")
+    return value
+
+
+# Query strings decode %00 to NUL: every free-text parameter passes the spec's own text rule.
+Text = Annotated[str, AfterValidator(_clean_text)]
+# Visible ASCII: a key is compared in SQL and echoed in 409s, never a place for control characters.
+IdempotencyKey = Annotated[str | None, Header(pattern=r"^[\x21-\x7e]{1,255}$")]
+EventId = Annotated[str | None, Header(pattern=r"^[0-9]{1,19}$"), AfterValidator(_event_id)]
 
 
 def _request_hash(spec: JobSpec, cipher: HeaderCipher) -> str:
@@ -68,7 +96,7 @@ def create_job(
     settings: SettingsDep,
     cipher: CipherDep,
     queue: QueueDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     request_hash = _request_hash(spec, cipher)
     if idempotency_key and (existing := _idempotent(session, tenant.id, idempotency_key, request_hash)):
@@ -119,12 +147,12 @@ def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="Last id of the previous page.")] = None,
+    after: Annotated[
+        str | None, Query(pattern=id_pattern("job"), description="Last id of the previous page.")
+    ] = None,
 ) -> JobList:
     """Own jobs, newest first. Filter on metadata with ``metadata.KEY=VALUE`` query parameters."""
-    metadata = {
-        k[len("metadata.") :]: v for k, v in request.query_params.items() if k.startswith("metadata.")
-    }
+    metadata = _metadata_filters(request)
     jobs, has_more = crud.list_jobs(
         session,
         tenant.id,
@@ -138,6 +166,33 @@ def list_jobs(
         has_more=has_more,
         next_after=jobs[-1].id if has_more else None,
     )
+
+
+def _metadata_filters(request: Request) -> dict[str, str]:
+    """``metadata.KEY=VALUE`` query parameters, held to the rules of the metadata a job may carry."""
+    filters = {}
+    for k, v in request.query_params.items():
+        if not k.startswith("metadata."):
+            continue
+        key = k[len("metadata.") :]
+        if not re.fullmatch(METADATA_KEY_PATTERN, key):
+            raise Invalid(
+                "a metadata filter is metadata.KEY=VALUE with KEY of 1-64 letters, digits, '_', '.', ':', "
+                "'/' or '-'",
+                field="metadata",
+            )
+        if len(v) > MAX_METADATA_VALUE:
+            raise Invalid(f"metadata values are at most {MAX_METADATA_VALUE} characters", field=k)
+        try:
+            check_text(v, k)
+        except ValueError as e:
+            raise Invalid(str(e), field=k) from e
+        filters[key] = v
+    if len(filters) > MAX_METADATA_KEYS:
+        raise Invalid(
+            f"at most {MAX_METADATA_KEYS} metadata filters (a job has at most as many keys)", field="metadata"
+        )
+    return filters
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -168,7 +223,10 @@ def get_metrics(
     job: JobForTenant,
     session: SessionDep,
     after_step: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
-    names: Annotated[list[str] | None, Query(description="Metric names; repeat or comma-separate.")] = None,
+    names: Annotated[
+        list[Annotated[Text, StringConstraints(max_length=2000)]] | None,
+        Query(max_length=100, description="Metric names; repeat or comma-separate."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricList:
     wanted = [n for item in names or [] for n in item.split(",") if n]
@@ -196,12 +254,10 @@ async def stream_events(
     request: Request,
     job: JobForTenant,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    last_event_id: EventId = None,
 ) -> EventSourceResponse:
     """Server-Sent Events; resumes after ``Last-Event-ID`` (or ``after``); ends after a terminal status."""
-    cursor = after or 0
-    if last_event_id and last_event_id.strip().isdigit():
-        cursor = int(last_event_id.strip())
+    cursor = int(last_event_id) if last_event_id else (after or 0)
     factory = request.app.state.read_session_factory
     return EventSourceResponse(_event_stream(factory, job.id, cursor), ping=SSE_PING_S)
 
@@ -251,7 +307,7 @@ def list_checkpoints(job: JobForTenant, session: SessionDep) -> CheckpointList:
     responses={200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."}},
 )
 def checkpoint_archive(
-    job: JobForTenant, session: SessionDep, ckpt_id: Annotated[str, Path(min_length=1, max_length=64)]
+    job: JobForTenant, session: SessionDep, ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))]
 ) -> StreamingResponse:
     ckpt = crud.get_checkpoint(session, job.id, ckpt_id)
     fs, path = fsspec.core.url_to_fs(ckpt.location)

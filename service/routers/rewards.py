@@ -16,11 +16,12 @@ from rlcore.errors import RLFTError
 from rlcore.rewards.base import RewardItem
 from rlcore.rewards.http import HTTPRewardClient
 from rlcore.rewards.secrets import Scrubber
+from service.bodies import BoundedJSONRoute
 from service.deps import CurrentTenant, SettingsDep
 from service.schemas import RewardValidateRequest, RewardValidateResponse
 from service.validation import check_reward_url
 
-router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
+router = APIRouter(prefix="/v1/rewards", tags=["rewards"], route_class=BoundedJSONRoute)
 DRY_RUN_TIMEOUT_S = 30.0
 DRY_RUN_RETRIES = 1
 

@@ -62,6 +62,14 @@ def test_a_spec_that_is_not_yaml(rlft, tmp_path):
     assert code == 1 and err.startswith(f"error: {bad} is not valid YAML") and err.count("\n") == 1
 
 
+def test_a_yaml_alias_bomb_is_refused_not_expanded(rlft, tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    bomb.write_text("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels)
+    code, err = rlft("submit", str(bomb), "--api-key", "k")
+    assert code == 1 and err.startswith(f"error: {bomb} expands to more than") and "aliases" in err
+
+
 def test_a_missing_dataset_file(rlft, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("model: {name_or_path: m}\nreward: {url: 'http://127.0.0.1:1'}\n")  # no dataset: --file

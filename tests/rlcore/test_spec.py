@@ -66,3 +66,107 @@ def test_spec_is_frozen():
     spec = _spec()
     with pytest.raises(ValidationError):
         spec.hyperparameters.steps = 5
+
+
+# --- issue 9: strict, finite, bounded; secrets never in a message; spec files that cannot blow up ---
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"hyperparameters": {"steps": True}}, "hyperparameters.steps"),
+        ({"hyperparameters": {"steps": 2.0}}, "hyperparameters.steps"),
+        ({"hyperparameters": {"temperature": False}}, "hyperparameters.temperature"),
+        ({"hyperparameters": {"seed": 2**64}}, "hyperparameters.seed"),
+        ({"hyperparameters": {"kl_coef": float("inf")}}, "hyperparameters.kl_coef"),
+        ({"hyperparameters": {"max_grad_norm": float("nan")}}, "hyperparameters.max_grad_norm"),
+        ({"model": {"name_or_path": "m", "lora": {"alpha": "inf"}}}, "model.lora.alpha"),
+        ({"model": {"name_or_path": "m", "lora": {"r": True}}}, "model.lora.r"),
+        ({"resources": {"gpus": True}}, "resources.gpus"),
+        ({"dataset": {"rows": [{"prompt": "p", "label": float("inf")}]}}, "dataset"),
+    ],
+)
+def test_numbers_are_strict_and_finite(over, field):
+    with pytest.raises(ValidationError) as e:
+        _spec(**over)
+    # A non-finite Python float is caught by the walk of the enclosing field, which names the rest.
+    locs = [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
+    assert any(field == loc or field.startswith(loc + ".") and field in str(e.value) for loc in locs)
+
+
+def test_what_stays_accepted():
+    # An int for a float, an enum's string (also from a Python dict: the worker and CLI path), 2**31 - 1.
+    spec = _spec(algorithm="ppo", hyperparameters={"learning_rate": 1, "seed": 2**31 - 1})
+    assert spec.hyperparameters.learning_rate == 1.0 and spec.algorithm.value == "ppo"
+    assert JobSpec.model_validate(spec.secret_dict()) == spec
+
+
+def test_a_bad_header_value_is_not_in_any_message():
+    for value in ["Bearer canary-1 ", "Bearer canary-1\r\n", "Bearer canary-1\x00", "Bearer canary-\u00e9"]:
+        with pytest.raises(ValidationError) as e:
+            _spec(reward={"url": "https://r.example", "headers": {"Authorization": value}})
+        assert "canary" not in str(e.value) and "canary" not in repr(e.value.errors(include_input=False))
+        assert "Authorization" in str(e.value)
+
+
+def test_walk_names_the_place_and_survives_any_depth():
+    from rlcore.spec import check_json_value
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="label.*nests deeper than 64"):
+        check_json_value(deep, "label")
+    with pytest.raises(ValueError, match=r"^rows\[1\]\.meta\.k contains a lone surrogate"):
+        check_json_value([{}, {"meta": {"k": "\ud800"}}], "rows")
+    check_json_value({"emoji": "\U0001f600", "n": [1, 2.5, None, True]}, "row")
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_spec_files_load_with_yaml_1_2_floats(tmp_path):
+    from rlcore.spec import load_spec
+
+    path = _write(
+        tmp_path,
+        "model: {name_or_path: m}\ndataset: {rows: [{prompt: p}]}\n"
+        "hyperparameters: {learning_rate: 1e-6, steps: 3}\n",
+    )
+    assert load_spec(str(path)).hyperparameters.learning_rate == 1e-6
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # "Billion laughs": nine levels of nine aliases expand to 9**9 values from a few hundred bytes.
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+            ),
+            "expands to more than",
+        ),
+        ("x: &x [1]\n" + "".join(f"k{i}: *x\n" for i in range(101)), "more than 100 YAML aliases"),
+        ("a: &a [*a]\n", "contains itself"),
+        ("[" * 50_000 + "]" * 50_000, "nests too deeply"),
+        ("model: [unclosed\n", "is not valid YAML"),
+        ("- a list\n", "a job spec is a mapping"),
+    ],
+)
+def test_spec_files_that_would_exhaust_memory_are_refused(tmp_path, text, message):
+    from rlcore.spec import SpecFileError, load_spec_data
+
+    with pytest.raises(SpecFileError, match=message):
+        load_spec_data(_write(tmp_path, text))
+
+
+def test_spec_files_have_a_size_limit(tmp_path, monkeypatch):
+    from rlcore import spec as spec_module
+
+    monkeypatch.setattr(spec_module, "MAX_SPEC_FILE_BYTES", 100)
+    with pytest.raises(spec_module.SpecFileError, match="limited to 100"):
+        spec_module.load_spec_data(_write(tmp_path, "model: {name_or_path: m}\n" + "#" * 200))

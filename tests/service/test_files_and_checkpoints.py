@@ -26,7 +26,7 @@ def test_upload_and_read_back(client: TestClient, alice: dict) -> None:
     f = r.json()
     assert (f["rows"], f["bytes"], f["purpose"], f["filename"]) == (2, len(data), "dataset", "d.jsonl")
     assert client.get(f"/v1/files/{f['id']}", headers=alice).json() == f
-    assert client.get("/v1/files/file_nope", headers=alice).status_code == 404
+    assert client.get(f"/v1/files/file_{'0' * 24}", headers=alice).status_code == 404
 
 
 def test_upload_errors_name_the_line_and_the_problem(client: TestClient, alice: dict) -> None:
@@ -95,7 +95,7 @@ def test_checkpoints_list_best_and_archive(client: TestClient, alice: dict, tmp_
         weights = tar.extractfile(f"{jid}-step-10/model.safetensors").read()
     assert sorted(names) == [f"{jid}-step-10/config.json", f"{jid}-step-10/model.safetensors"]
     assert weights == bytes(range(256)) * 9
-    assert client.get(f"/v1/jobs/{jid}/checkpoints/ckpt_nope/archive", headers=alice).status_code == 404
+    assert client.get(f"/v1/jobs/{jid}/checkpoints/ckpt_{'0' * 24}/archive", headers=alice).status_code == 404
 
 
 def test_checkpoint_paths_cannot_escape(client: TestClient, alice: dict) -> None:
