@@ -4,9 +4,9 @@ Every sync route runs in AnyIO's thread pool and may hold one pooled database co
 a burst queues hundreds of requests on the threads and the pool, each waits out the pool's timeout, and all
 of them fail late (issue 9: 30 s, then 500s; a worker's heartbeat stuck behind them lost its lease). So:
 
-- :class:`AdmissionMiddleware` lets at most ``RLFT_MAX_REQUESTS_IN_FLIGHT`` public requests in at once; the
-  next ones wait ``RLFT_ADMISSION_WAIT_S`` for a slot, then answer 503 with ``Retry-After``. Worker calls
-  (``/internal/``) and the operator's ``/readyz`` and ``/metrics`` draw on their own budget
+- :class:`AdmissionMiddleware` lets at most ``RLFT_MAX_REQUESTS_IN_FLIGHT`` public requests in at once; as
+  many more wait up to ``RLFT_ADMISSION_WAIT_S`` for a slot, the rest answer 503 + ``Retry-After`` at once.
+  Worker calls (``/internal/``) and the operator's ``/readyz`` and ``/metrics`` draw on their own budget
   (``RLFT_MAX_WORKER_REQUESTS_IN_FLIGHT``, with its own database pool), so public traffic cannot starve
   heartbeats. A slot is held until the response starts: an SSE stream or a download does not hold one for
   its whole body, and a route that has finished with the database may hand its slot back early
@@ -39,21 +39,31 @@ DRY_RUN_RETRY_AFTER_S = 5
 
 
 class Gate:
-    """``slots`` requests at once; a newcomer waits up to ``wait_s`` for one, else it is refused."""
+    """``slots`` requests at once; as many more may wait up to ``wait_s`` for one; the rest are refused now.
+
+    Refusing at once past a short queue keeps a 503 fast under a burst: waiting longer only makes every
+    client slower, it does not serve more of them.
+    """
 
     def __init__(self, slots: int, wait_s: float, setting: str):
         self.slots = slots
         self.wait_s = wait_s
         self.setting = setting
         self._semaphore = asyncio.Semaphore(slots)
+        self._waiting = 0
 
     async def acquire(self) -> bool:
+        if self._semaphore.locked() and self._waiting >= self.slots:
+            return False
+        self._waiting += 1
         try:
             async with asyncio.timeout(self.wait_s):
                 await self._semaphore.acquire()
             return True
         except TimeoutError:
             return False
+        finally:
+            self._waiting -= 1
 
     def release(self) -> None:
         self._semaphore.release()
@@ -85,7 +95,10 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         if not await gate.acquire():
-            await gate.refusal().response()(scope, receive, send)
+            # The request's body is left unread: the connection cannot be reused safely, so it closes.
+            refusal = gate.refusal().response()
+            refusal.headers["Connection"] = "close"
+            await refusal(scope, receive, send)
             return
         held = True
 
