@@ -298,12 +298,14 @@ def burst(
             worker.start()
             calls = asyncio.run(_clients(api, keys[:-1], clients, duration_s, f"{reward}/score"))
             lease = worker.finish()
+            server = _server_side(api, env["RLFT_WORKER_SECRET"])
             api_alive = api_proc.poll() is None
             api_log = (Path(tmp) / "api.log").read_text(errors="replace")
         stored = _stored_jobs(settings, keys[:-1])
     result = _summary(calls, stored, duration_s)
     result.update(
         lease,
+        server,
         clients=clients,
         duration_s=duration_s,
         tenants=tenants,
@@ -419,6 +421,31 @@ class _Heartbeater(threading.Thread):
             "lease_kept": not lost and r.status_code == 200,
             "finish_status": r.status_code,
         }
+
+
+def _server_side(url: str, worker_secret: str) -> dict:
+    """The API's own view (its latency histogram on /metrics): time inside the server, without the clients'.
+
+    The clients share the machine's two cores with the API; their own event loop's delay is in the
+    client-side figures, not in these.
+    """
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {worker_secret}"}, timeout=30).text
+    buckets: dict[float, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        if line.startswith("rlft_http_request_duration_seconds_bucket") and 'route="/metrics"' not in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] += float(line.rsplit(" ", 1)[1])
+    total = buckets.get(float("inf"), 0.0)
+
+    def upper(q: float) -> float:
+        return next((le for le in sorted(buckets) if buckets[le] >= q * total), float("inf"))
+
+    return {
+        "server_requests": int(total),
+        "server_over_10s": int(total - buckets.get(10.0, 0.0)),
+        "server_p50_at_most_s": upper(0.5),
+        "server_p99_at_most_s": upper(0.99),
+    }
 
 
 def _stored_jobs(settings: Any, keys: list[str]) -> int:
