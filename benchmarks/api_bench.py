@@ -303,9 +303,9 @@ def burst(
             api_log = (Path(tmp) / "api.log").read_text(errors="replace")
         stored = _stored_jobs(settings, keys[:-1])
     result = _summary(calls, stored, duration_s)
+    result.update(lease)
+    result.update(server)
     result.update(
-        lease,
-        server,
         clients=clients,
         duration_s=duration_s,
         tenants=tenants,
