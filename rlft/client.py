@@ -31,6 +31,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 # A paused job keeps its stream open on the server side, but a follower has nothing more to wait for.
 RESTING_STATES = TERMINAL_STATES | {"paused"}
+# A create is tried this often (same Idempotency-Key) when its answer is lost or the API is overloaded.
+CREATE_ATTEMPTS = 4
+RETRY_WAIT_CAP_S = 10.0
+_RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -38,13 +42,20 @@ class APIError(Exception):
     """The API answered with an error (4xx/5xx)."""
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, code: str | None = None, body: Any = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.code = code
         self.body = body
+        self.retry_after = retry_after  # seconds, from a 429/503's Retry-After header
 
 
 class APIConnectionError(APIError):
@@ -84,7 +95,20 @@ def _error_from_response(resp: httpx.Response) -> APIError:
         body = resp.text
     code, message = _parse_error_body(body)
     cls = _BY_STATUS.get(resp.status_code, APIError)
-    return cls(message or f"HTTP {resp.status_code}", status_code=resp.status_code, code=code, body=body)
+    return cls(
+        message or f"HTTP {resp.status_code}",
+        status_code=resp.status_code,
+        code=code,
+        body=body,
+        retry_after=_retry_after(resp.headers.get("Retry-After")),
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: the caller's own backoff applies
 
 
 def _parse_error_body(body: Any) -> tuple[str | None, str]:
@@ -230,6 +254,26 @@ class Client:
         resp = self._send(method, path, **kwargs)
         return resp.json() if resp.content else None
 
+    def request_retrying(
+        self, method: str, path: str, *, attempts: int = CREATE_ATTEMPTS, **kwargs: Any
+    ) -> Any:
+        """``request``, tried again when the answer is lost (connection error, timeout) or is a 502/503/504.
+
+        Only for requests that are safe to repeat: a create with an ``Idempotency-Key`` (the same key on
+        every try) returns the job of the first try that went through, never a second one. The wait follows
+        the API's ``Retry-After`` (capped), else doubles from half a second.
+        """
+        attempt = 1
+        while True:
+            try:
+                return self.request(method, path, **kwargs)
+            except APIError as exc:
+                retryable = isinstance(exc, APIConnectionError) or exc.status_code in _RETRY_STATUSES
+                if not retryable or attempt >= attempts:
+                    raise
+                time.sleep(min(exc.retry_after or 0.5 * 2 ** (attempt - 1), RETRY_WAIT_CAP_S))
+            attempt += 1
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             resp = self._http.request(method, path, **kwargs)
@@ -268,9 +312,15 @@ def _spec_body(spec: Any) -> dict[str, Any]:
 
 class Jobs(_Resource):
     def create(self, spec: Any, *, idempotency_key: str | None = None) -> Job:
-        """Submit a job. A retry with the same ``idempotency_key`` returns the same job, not a second one."""
+        """Submit a job. A retry with the same ``idempotency_key`` returns the same job, not a second one.
+
+        Without a key, one is made for this call and kept across its own retries (a lost answer, an
+        overloaded API's 503): the call creates one job at most, however often it has to try.
+        """
         key = idempotency_key or str(uuid.uuid4())
-        body = self._c.request("POST", "/v1/jobs", json=_spec_body(spec), headers={"Idempotency-Key": key})
+        body = self._c.request_retrying(
+            "POST", "/v1/jobs", json=_spec_body(spec), headers={"Idempotency-Key": key}
+        )
         return Job.model_validate(body)
 
     def get(self, job_id: str) -> Job:

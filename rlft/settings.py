@@ -116,6 +116,31 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest job-create or dry-run body; bigger datasets go through POST /v1/files (413).",
     )
+    # load: admission, database pools, per-tenant limits, /metrics access (per API process)
+    max_requests_in_flight: int = Field(
+        24, ge=1, description="Public requests one API process serves at once; more wait, then answer 503."
+    )
+    max_worker_requests_in_flight: int = Field(
+        8, ge=1, description="Worker API requests served at once, with their own DB pool: never starved."
+    )
+    admission_wait_s: float = Field(
+        2.0, ge=0, description="How long a request waits for a free slot before answering 503 + Retry-After."
+    )
+    db_wait_s: float = Field(
+        5.0, gt=0, description="Wait for a pooled DB connection or the SQLite write lock, then answer 503."
+    )
+    max_dry_runs_per_tenant: int = Field(
+        4, ge=1, description="Reward dry runs (/v1/rewards/validate) one tenant has in flight; more: 429."
+    )
+    max_dry_runs_in_flight: int = Field(
+        64, ge=1, description="Reward dry runs in flight over all tenants; more answer 503 + Retry-After."
+    )
+    max_active_jobs_per_tenant: int = Field(
+        100, ge=1, description="Queued, running, pausing or cancelling jobs a tenant may have; more: 429."
+    )
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without the worker secret (only on a private network)."
+    )
 
     @field_validator("reward_url_allowlist", mode="before")
     @classmethod

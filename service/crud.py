@@ -28,6 +28,7 @@ from service.models import (
     JobStatus,
     Metric,
     Sample,
+    Tenant,
     new_id,
     utcnow,
 )
@@ -117,6 +118,21 @@ def insert_job(
     session.flush()
     add_event(session, job.id, "status", "job queued", {"status": job.status})
     return job
+
+
+# What counts against RLFT_MAX_ACTIVE_JOBS_PER_TENANT: every state that waits for or holds a worker.
+ACTIVE = frozenset({S.VALIDATING, S.QUEUED}) | LEASED
+
+
+def count_active_jobs(session: Session, tenant_id: str) -> int:
+    """The tenant's active jobs, its row locked first (Postgres) so that concurrent creates count in turn.
+
+    (On SQLite every writing transaction already holds the database's write lock.)
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    stmt = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_([s.value for s in ACTIVE]))
+    return session.scalar(stmt) or 0
 
 
 def get_job(session: Session, tenant_id: str, job_id: str, *, lock: bool = False) -> Job:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,24 +15,39 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rlft.settings import Settings
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 
-def make_engine(database_url: str, *, read_only: bool = False) -> Engine:
+def make_engine(
+    database_url: str,
+    *,
+    read_only: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    wait_s: float = 30.0,
+) -> Engine:
     """An engine; on SQLite, write transactions begin IMMEDIATE (``read_only`` ones stay deferred).
 
     A deferred SQLite transaction that reads and then writes fails with "database is locked" when
     another writer committed in between; taking the write lock up front makes it wait instead. Readers
     that never write (SSE polling, metrics scrapes) keep deferred transactions and never block writers.
+
+    ``wait_s`` bounds every wait for the database: a pooled connection, the SQLite write lock, a new
+    Postgres connection. The API passes a short one (``RLFT_DB_WAIT_S``) so that an overloaded database
+    becomes a quick 503, and sizes the pool against the requests it lets in (service/app.py).
     """
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": wait_s}
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
-        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        connect_args = {"check_same_thread": False, "timeout": wait_s}
+        engine = create_engine(database_url, connect_args=connect_args, **pool)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_ms=int(wait_s * 1000)))
         begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {"connect_timeout": max(1, math.ceil(wait_s))}
+    return create_engine(database_url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def _ensure_sqlite_dir(database_url: str) -> None:
@@ -38,13 +56,13 @@ def _ensure_sqlite_dir(database_url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, busy_ms: int) -> None:
     # WAL lets SSE readers poll while a worker writes; busy_timeout turns lock contention into waiting.
     # pysqlite's own implicit BEGIN is turned off: the engine's "begin" listener emits ours.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -81,7 +99,12 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     finally:
         session.close()
     for callback in run_after_commit(session):
-        callback()
+        # The transaction is committed: a failing callback must not turn that into an error answer (the
+        # client would retry a create that exists). A lost enqueue is re-sent by the reconciler.
+        try:
+            callback()
+        except Exception:  # noqa: BLE001
+            log.exception("an after-commit callback failed; the reconciler will repair what it skipped")
 
 
 def alembic_config(database_url: str) -> Any:

@@ -40,6 +40,18 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_read_session(request: Request) -> Iterator[Session]:
+    # For routes that only read: on SQLite a deferred transaction, so readers never queue for the write lock.
+    with request.app.state.read_session_factory() as session:
+        yield session
+
+
+def get_worker_session(request: Request) -> Iterator[Session]:
+    # The worker API's own pool (service/app.py): public traffic cannot take the connections it needs.
+    with session_scope(request.app.state.worker_session_factory) as session:
+        yield session
+
+
 def get_cipher(request: Request) -> HeaderCipher:
     return request.app.state.cipher
 
@@ -50,17 +62,22 @@ def get_queue(request: Request) -> JobQueue:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+WorkerSessionDep = Annotated[Session, Depends(get_worker_session, scope="function")]
 CipherDep = Annotated[HeaderCipher, Depends(get_cipher)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 
 
 def current_tenant(
-    session: SessionDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
 ) -> Tenant:
     if credentials is None:
         raise _unauthorized("send 'Authorization: Bearer <key>' (create a key with `rlft keys create`)")
-    tenant = tenant_for_key(session, credentials.credentials)
+    # A short session of its own, closed before the route runs: the route's work (a dry run waiting on a
+    # slow endpoint, an upload) never holds the connection that authenticated it.
+    with request.app.state.read_session_factory() as session:
+        tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
         raise _unauthorized("the API key is unknown or revoked")
     return tenant
@@ -70,7 +87,7 @@ CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
 JobId = Annotated[str, Path(pattern=id_pattern("job"), description="The job id (job_ and 24 hex digits).")]
 
 
-def job_for_tenant(job_id: JobId, tenant: CurrentTenant, session: SessionDep) -> Job:
+def job_for_tenant(job_id: JobId, tenant: CurrentTenant, session: ReadSessionDep) -> Job:
     return crud.get_job(session, tenant.id, job_id)
 
 
@@ -87,9 +104,31 @@ def worker_auth(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_worker_bearer)],
 ) -> None:
-    expected: str = request.app.state.worker_secret
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if not _is_worker_secret(request, credentials):
         raise _unauthorized("the internal API needs 'Authorization: Bearer <RLFT_WORKER_SECRET>'")
 
 
+def _is_worker_secret(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected: str = request.app.state.worker_secret
+    given = credentials.credentials.encode() if credentials is not None else b""
+    return credentials is not None and hmac.compare_digest(given, expected.encode())
+
+
 WorkerAuth = Depends(worker_auth)
+
+
+def metrics_auth(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_worker_bearer)],
+) -> None:
+    """``/metrics`` takes the worker secret, unless RLFT_METRICS_PUBLIC is set (a private network)."""
+    if request.app.state.settings.metrics_public:
+        return
+    if not _is_worker_secret(request, credentials):
+        raise _unauthorized(
+            "/metrics needs 'Authorization: Bearer <RLFT_WORKER_SECRET>' "
+            "(or set RLFT_METRICS_PUBLIC=1 where only a private network reaches the API)"
+        )
+
+
+MetricsAuth = Depends(metrics_auth)

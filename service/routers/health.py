@@ -1,4 +1,4 @@
-"""Liveness, readiness (database and broker reachable) and Prometheus metrics."""
+"""Liveness, readiness (database and broker reachable) and Prometheus metrics (behind the worker secret)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+
+from service.deps import MetricsAuth
 
 router = APIRouter(tags=["health"])
 
@@ -32,6 +34,6 @@ def _database_ok(request: Request) -> bool:
         return False
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[MetricsAuth])
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.observability.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from rlcore.checkpoint import MANIFEST
 from rlcore.spec import validate_row
 from service import crud, storage
-from service.deps import CipherDep, JobId, SessionDep, SettingsDep, WorkerAuth
+from service.deps import CipherDep, JobId, SettingsDep, WorkerAuth, WorkerSessionDep
 from service.models import Job
 from service.schemas import (
     Accepted,
@@ -47,7 +47,7 @@ def _count(request: Request, kind: str, n: int) -> None:
     responses={409: {"description": "Not claimable; or unservable: the job was marked failed (its code)."}},
 )
 def claim(
-    job_id: JobId, body: ClaimRequest, session: SessionDep, settings: SettingsDep, cipher: CipherDep
+    job_id: JobId, body: ClaimRequest, session: WorkerSessionDep, settings: SettingsDep, cipher: CipherDep
 ) -> ClaimResponse | JSONResponse:
     job = crud.claim(session, job_id, body.worker_id, body.lease_seconds or settings.lease_seconds)
     try:
@@ -147,7 +147,7 @@ def _model_checkpoint(session: Any, job: Job) -> ModelCheckpoint | None:
 
 @router.post("/{job_id}/heartbeat", response_model=HeartbeatResponse)
 def heartbeat(
-    job_id: JobId, body: HeartbeatRequest, session: SessionDep, settings: SettingsDep
+    job_id: JobId, body: HeartbeatRequest, session: WorkerSessionDep, settings: SettingsDep
 ) -> HeartbeatResponse:
     job = crud.fenced_job(session, job_id, body.fence)
     action, expires = crud.heartbeat(session, job, settings.lease_seconds, body.step, body.total_steps)
@@ -155,7 +155,7 @@ def heartbeat(
 
 
 @router.post("/{job_id}/metrics", response_model=Accepted)
-def metrics(job_id: JobId, body: MetricsBatch, session: SessionDep, request: Request) -> Accepted:
+def metrics(job_id: JobId, body: MetricsBatch, session: WorkerSessionDep, request: Request) -> Accepted:
     job = crud.fenced_job(session, job_id, body.fence)
     n = crud.ingest_metrics(session, job, body.points)
     _count(request, "metric_points", n)
@@ -163,7 +163,7 @@ def metrics(job_id: JobId, body: MetricsBatch, session: SessionDep, request: Req
 
 
 @router.post("/{job_id}/events", response_model=Accepted)
-def events(job_id: JobId, body: EventsBatch, session: SessionDep, request: Request) -> Accepted:
+def events(job_id: JobId, body: EventsBatch, session: WorkerSessionDep, request: Request) -> Accepted:
     job = crud.fenced_job(session, job_id, body.fence)
     n = crud.ingest_events(session, job, body.events)
     _count(request, "events", n)
@@ -171,7 +171,7 @@ def events(job_id: JobId, body: EventsBatch, session: SessionDep, request: Reque
 
 
 @router.post("/{job_id}/samples", response_model=Accepted)
-def samples(job_id: JobId, body: SamplesBatch, session: SessionDep, request: Request) -> Accepted:
+def samples(job_id: JobId, body: SamplesBatch, session: WorkerSessionDep, request: Request) -> Accepted:
     job = crud.fenced_job(session, job_id, body.fence)
     n = crud.ingest_samples(session, job, body.samples)
     _count(request, "samples", n)
@@ -180,7 +180,7 @@ def samples(job_id: JobId, body: SamplesBatch, session: SessionDep, request: Req
 
 @router.post("/{job_id}/checkpoints", response_model=CheckpointId)
 def checkpoints(
-    job_id: JobId, body: CheckpointRegister, session: SessionDep, request: Request
+    job_id: JobId, body: CheckpointRegister, session: WorkerSessionDep, request: Request
 ) -> CheckpointId:
     job = crud.fenced_job(session, job_id, body.fence)
     ckpt_id = crud.register_checkpoint(session, job, body)
@@ -189,7 +189,7 @@ def checkpoints(
 
 
 @router.post("/{job_id}/finish", response_model=JobPublic)
-def finish(job_id: JobId, body: FinishRequest, session: SessionDep) -> JobPublic:
+def finish(job_id: JobId, body: FinishRequest, session: WorkerSessionDep) -> JobPublic:
     job = crud.fenced_job(session, job_id, body.fence, states=None)
     if job.status == body.status:
         return crud.job_public(job)  # a retried finish whose first answer was lost

@@ -12,6 +12,7 @@ import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, StringConstraints
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
@@ -33,10 +34,11 @@ from service.deps import (
     JobForTenant,
     LockedJobForTenant,
     QueueDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
 )
-from service.errors import ApiError, Conflict, Invalid
+from service.errors import ApiError, Conflict, Invalid, TooManyRequests
 from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
 from service.schemas import (
     CheckpointList,
@@ -57,6 +59,8 @@ _TERMINAL_VALUES = {s.value for s in TERMINAL}
 SSE_POLL_S = 0.2
 SSE_PING_S = 15
 MAX_EVENT_ID = 2**62
+# Jobs run for minutes: a tenant at its active-job limit has nothing to gain from retrying sooner.
+ACTIVE_JOBS_RETRY_AFTER_S = 60
 
 
 def _clean_text(value: str) -> str:
@@ -106,6 +110,7 @@ def create_job(
     check_dataset(session, tenant, spec, settings)
     check_model(session, tenant, spec, settings)
     check_resources(spec, settings)
+    _check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
     queue_name = spec.queue(settings.default_queue)
     try:
         with session.begin_nested():
@@ -130,6 +135,17 @@ def create_job(
     return crud.job_public(job)
 
 
+def _check_active_jobs(session: Session, tenant_id: str, limit: int) -> None:
+    active = crud.count_active_jobs(session, tenant_id)
+    if active >= limit:
+        raise TooManyRequests(
+            f"you have {active} active (queued or running) jobs, the most one tenant may have "
+            "(RLFT_MAX_ACTIVE_JOBS_PER_TENANT); wait for some to finish or cancel some, then retry",
+            code="too_many_active_jobs",
+            retry_after_s=ACTIVE_JOBS_RETRY_AFTER_S,
+        )
+
+
 def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
     job = crud.find_idempotent(session, tenant_id, key)
     if job is not None and job.request_hash != request_hash:
@@ -144,7 +160,7 @@ def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -
 def list_jobs(
     request: Request,
     tenant: CurrentTenant,
-    session: SessionDep,
+    session: ReadSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[
@@ -221,7 +237,7 @@ def resume_job(job: LockedJobForTenant, session: SessionDep, queue: QueueDep) ->
 @router.get("/{job_id}/metrics", response_model=MetricList)
 def get_metrics(
     job: JobForTenant,
-    session: SessionDep,
+    session: ReadSessionDep,
     after_step: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
     names: Annotated[
         list[Annotated[Text, StringConstraints(max_length=2000)]] | None,
@@ -241,7 +257,7 @@ def _event_public(e: Event) -> EventPublic:
 @router.get("/{job_id}/events", response_model=EventList)
 def get_events(
     job: JobForTenant,
-    session: SessionDep,
+    session: ReadSessionDep,
     after: Annotated[int, Query(ge=0, le=2**62, description="Return events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
@@ -258,14 +274,19 @@ async def stream_events(
 ) -> EventSourceResponse:
     """Server-Sent Events; resumes after ``Last-Event-ID`` (or ``after``); ends after a terminal status."""
     cursor = int(last_event_id) if last_event_id else (after or 0)
-    factory = request.app.state.read_session_factory
-    return EventSourceResponse(_event_stream(factory, job.id, cursor), ping=SSE_PING_S)
+    state = request.app.state
+    stream = _event_stream(state.read_session_factory, state.sse_polls, job.id, cursor)
+    return EventSourceResponse(stream, ping=SSE_PING_S)
 
 
-async def _event_stream(factory: sessionmaker[Session], job_id: str, cursor: int) -> Any:
+async def _event_stream(
+    factory: sessionmaker[Session], polls: asyncio.Semaphore, job_id: str, cursor: int
+) -> Any:
     # Polling the database (not an in-process queue) is what makes this work across API processes.
+    # A few polls at a time: many subscribers must not take the threads and connections requests need.
     while True:
-        events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
+        async with polls:
+            events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
         for e in events:
             cursor = e.id
             yield {"id": str(e.id), "event": e.type, "data": e.model_dump_json()}
@@ -278,16 +299,23 @@ async def _event_stream(factory: sessionmaker[Session], job_id: str, cursor: int
 
 
 def _poll_events(factory: sessionmaker[Session], job_id: str, cursor: int) -> tuple[list[EventPublic], str]:
+    """New events, and the job's status read BEFORE them.
+
+    A terminal status commits together with its status event. Read status first and the events after, and
+    a terminal status means its event is among those read (or was sent already): the stream can end. Read
+    in the other order, a job finishing between the two reads (Postgres reads each statement's own
+    snapshot) ended the stream without the terminal event.
+    """
     with factory() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
         events, _ = crud.list_events(session, job_id, cursor, 500)
-        status = session.get(Job, job_id).status
         return [_event_public(e) for e in events], status
 
 
 @router.get("/{job_id}/samples", response_model=SampleList)
 def get_samples(
     job: JobForTenant,
-    session: SessionDep,
+    session: ReadSessionDep,
     step: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Default: the newest step.")] = None,
     limit: Annotated[int, Query(ge=1, le=4096)] = 1000,
 ) -> SampleList:
@@ -296,7 +324,7 @@ def get_samples(
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-def list_checkpoints(job: JobForTenant, session: SessionDep) -> CheckpointList:
+def list_checkpoints(job: JobForTenant, session: ReadSessionDep) -> CheckpointList:
     rows = crud.list_checkpoints(session, job.id)
     return CheckpointList(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
 
@@ -307,7 +335,7 @@ def list_checkpoints(job: JobForTenant, session: SessionDep) -> CheckpointList:
     responses={200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."}},
 )
 def checkpoint_archive(
-    job: JobForTenant, session: SessionDep, ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))]
+    job: JobForTenant, session: ReadSessionDep, ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))]
 ) -> StreamingResponse:
     ckpt = crud.get_checkpoint(session, job.id, ckpt_id)
     fs, path = fsspec.core.url_to_fs(ckpt.location)

@@ -8,14 +8,17 @@ scrubbed of the request's header values (an endpoint may echo them in an error b
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from rlcore.errors import RLFTError
 from rlcore.rewards.base import RewardItem
 from rlcore.rewards.http import HTTPRewardClient
 from rlcore.rewards.secrets import Scrubber
+from rlft.settings import Settings
+from service.admission import release_admission
 from service.bodies import BoundedJSONRoute
 from service.deps import CurrentTenant, SettingsDep
 from service.schemas import RewardValidateRequest, RewardValidateResponse
@@ -27,10 +30,20 @@ DRY_RUN_RETRIES = 1
 
 
 @router.post("/validate", response_model=RewardValidateResponse)
-def validate_reward(
-    body: RewardValidateRequest, tenant: CurrentTenant, settings: SettingsDep
+async def validate_reward(
+    body: RewardValidateRequest, request: Request, tenant: CurrentTenant, settings: SettingsDep
 ) -> RewardValidateResponse:
-    check_reward_url(body.reward.url, settings)
+    # Async, and authenticated by a session already closed: the wait on the endpoint holds no database
+    # connection and no thread, so the request hands its admission slot back (service/admission.py). The
+    # dry-run slots bound what one tenant, and all of them, can have waiting.
+    with request.app.state.dry_runs.hold(tenant.id):
+        release_admission(request)
+        return await _dry_run(body, tenant.id, settings)
+
+
+async def _dry_run(body: RewardValidateRequest, tenant_id: str, settings: Settings) -> RewardValidateResponse:
+    # The URL check resolves the host: off the event loop.
+    await asyncio.to_thread(check_reward_url, body.reward.url, settings)
     spec = body.reward.model_copy(
         update={
             "on_error": "skip_sample",
@@ -51,9 +64,10 @@ def validate_reward(
     ]
     n = len(items)
     start = time.perf_counter()
-    client = HTTPRewardClient(
+    client = await asyncio.to_thread(
+        HTTPRewardClient,
         spec,
-        job_id=f"validate-{tenant.id}",
+        job_id=f"validate-{tenant_id}",
         allow_private=settings.allow_private_reward_urls,
         allowlist=settings.reward_url_allowlist or None,
         backoff_base_s=0.2,
@@ -62,7 +76,7 @@ def validate_reward(
     )
     scrub = Scrubber.for_headers(spec.header_values())
     try:
-        result = client.score(0, items)
+        result = await client.ascore(0, items)
     except RLFTError as e:
         return scrub.model(
             RewardValidateResponse(
@@ -76,7 +90,7 @@ def validate_reward(
             )
         )
     finally:
-        client.close()
+        await asyncio.to_thread(client.close)
     return scrub.model(
         RewardValidateResponse(
             ok=all(r is not None for r in result.rewards),

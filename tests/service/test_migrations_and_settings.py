@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from rlft.settings import Settings, SettingsError
 from service.db import alembic_config
+from tests.service.conftest import WORKER
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -102,7 +103,7 @@ def test_health_ready_and_prometheus(client: TestClient, alice: dict) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "broker": True}
     client.get("/v1/jobs", headers=alice)
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=WORKER).text
     assert 'rlft_jobs{state="queued"} 0.0' in text
     assert 'route="/v1/jobs"' in text and "rlft_http_request_duration_seconds_bucket" in text
 

@@ -138,7 +138,7 @@ def test_canary_header_never_leaks(
         seen.append(client.post(f"/v1/jobs/{jid}/cancel", headers=alice).text)
         seen.append(client.get(f"/v1/jobs/{jid}/events/stream", headers=alice).text)
         seen.append(client.get("/openapi.json").text)
-        seen.append(client.get("/metrics").text)
+        seen.append(client.get("/metrics", headers=WORKER).text)
     assert all(canary not in text for text in seen)
     assert canary not in caplog.text
     messages = _redis_messages(queue) if REDIS_URL else _sqlite_messages(broker_settings)
