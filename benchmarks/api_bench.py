@@ -100,6 +100,22 @@ def _database(url: str | None, tmp: str) -> Iterator[str]:
         admin.dispose()
 
 
+def _api_env(data_dir: str, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a throw-away API: dev mode, fresh secrets, private reward URLs allowed."""
+    from cryptography.fernet import Fernet
+
+    return {
+        **os.environ,
+        "RLFT_DATA_DIR": data_dir,
+        "RLFT_DEV_MODE": "1",
+        "RLFT_DATABASE_URL": database_url,
+        "RLFT_WORKER_SECRET": "bench-" + secrets.token_hex(16),
+        "RLFT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
+        **extra,
+    }
+
+
 def measure(
     jobs: int = 100,
     batches: int = 50,
@@ -107,23 +123,12 @@ def measure(
     database_url: str | None = None,
     sse_points: int = 20,
 ) -> dict:
-    from cryptography.fernet import Fernet
-
     from rlft.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 
     with tempfile.TemporaryDirectory(prefix="rlft-api-bench-") as tmp, _database(database_url, tmp) as db_url:
-        env = {
-            **os.environ,
-            "RLFT_DATA_DIR": tmp,
-            "RLFT_DEV_MODE": "1",
-            "RLFT_DATABASE_URL": db_url,
-            "RLFT_WORKER_SECRET": "bench-" + secrets.token_hex(16),
-            "RLFT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "RLFT_RUN_BACKGROUND_TASKS": "0",
-            "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
-        }
+        env = _api_env(tmp, db_url, RLFT_RUN_BACKGROUND_TASKS="0")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
@@ -262,25 +267,18 @@ def burst(
     reward_sleep_s: float = 5.0,
 ) -> dict:
     """The issue-9 load test; see the module docstring. Returns the figures as one dict."""
-    from cryptography.fernet import Fernet
-
     from rlft.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 
     with tempfile.TemporaryDirectory(prefix="rlft-burst-") as tmp, _database(database_url, tmp) as db_url:
-        env = {
-            **os.environ,
-            "RLFT_DATA_DIR": tmp,
-            "RLFT_DEV_MODE": "1",
-            "RLFT_DATABASE_URL": db_url,
-            "RLFT_WORKER_SECRET": "bench-" + secrets.token_hex(16),
-            "RLFT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
-            "RLFT_LEASE_SECONDS": str(BURST_LEASE_S),
-            "RLFT_REAPER_INTERVAL_S": "1",
-            "RLFT_BENCH_REWARD_SLEEP_S": str(reward_sleep_s),
-        }
+        env = _api_env(
+            tmp,
+            db_url,
+            RLFT_LEASE_SECONDS=str(BURST_LEASE_S),
+            RLFT_REAPER_INTERVAL_S="1",
+            RLFT_BENCH_REWARD_SLEEP_S=str(reward_sleep_s),
+        )
         if broker_url:
             env["RLFT_BROKER_URL"] = broker_url
         settings = Settings(data_dir=tmp, database_url=db_url, dev_mode=True)

@@ -13,20 +13,9 @@ from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid,
 from rlcore.rewards import HTTPRewardClient, RewardItem
 from rlcore.rewards.secrets import REDACTED, Scrubber, secret_forms
 from rlcore.spec import RewardSpec
-from tests.rlcore.reward_servers import RunningServer, misbehaving_server
+from tests.rlcore.reward_servers import RunningServer
 
 FAST = dict(backoff_base_s=0.01, backoff_cap_s=0.05)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with misbehaving_server() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _fresh_state(server):
-    server.state.reset()
 
 
 def new_token() -> str:

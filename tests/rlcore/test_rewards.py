@@ -28,21 +28,9 @@ from rlcore.rewards import (
 )
 from rlcore.rewards.urlpolicy import host_allowed
 from rlcore.spec import RewardSpec, load_spec
-from tests.rlcore.reward_servers import RunningServer, closed_port_url, misbehaving_server
+from tests.rlcore.reward_servers import RunningServer, closed_port_url
 
 FAST = dict(backoff_base_s=0.01, backoff_cap_s=0.05)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with misbehaving_server() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _fresh_state(request):
-    if "server" in request.fixturenames:
-        request.getfixturevalue("server").state.reset()
 
 
 @pytest.fixture
