@@ -205,7 +205,6 @@ class Event(_Model):
 class Checkpoint(_Model):
     id: str
     step: int
-    location: str | None = None
     size_bytes: int | None = None
     created_at: str | None = None
     metrics: dict[str, Any] | None = None

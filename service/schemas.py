@@ -137,9 +137,11 @@ class SampleList(BaseModel):
 
 
 class CheckpointPublic(BaseModel):
+    """A checkpoint as its tenant sees it: where the worker stored it is the operator's business (download
+    the model with the archive route, continue from it with ``model: {checkpoint: id}``)."""
+
     id: str
     step: int
-    location: str
     manifest_sha256: str
     size_bytes: int
     metrics: dict[str, Any]

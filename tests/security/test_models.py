@@ -299,3 +299,23 @@ def test_more_gpus_than_the_service_allows_is_refused_at_submit(client: TestClie
     assert detail["code"] == "too_many_gpus" and detail["field"] == "resources.gpus"
     assert "RLFT_MAX_GPUS_PER_JOB" in detail["message"] and "8" in detail["message"]
     assert create_job(client, alice, resources={"gpus": 8})["spec"]["resources"]["gpus"] == 8
+
+
+def test_a_checkpoint_listing_does_not_disclose_where_the_store_keeps_it(client, alice):
+    job = create_job(client, alice)
+    fence = claim(client, job["id"])["fence"]
+    r = wpost(
+        client,
+        job["id"],
+        "checkpoints",
+        fence=fence,
+        step=1,
+        location="/srv/rlft/artifacts/secret-layout/step-000001",
+        manifest_sha256="0" * 64,
+        size_bytes=1,
+        files=[{"path": "model/config.json", "sha256": "0" * 64, "size": 1}],
+    )
+    assert r.status_code == 200, r.text
+    listed = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=alice).json()["data"]
+    assert len(listed) == 1 and "location" not in listed[0]
+    assert "secret-layout" not in json.dumps(listed)
