@@ -7,12 +7,14 @@ was claimed again) can no longer touch the job. See docs/contracts.md for the bo
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from rlcore.checkpoint import MANIFEST
+from rlcore.rewards.secrets import Scrubber
 from rlcore.spec import validate_row
 from service import crud, storage
 from service.deps import CipherDep, JobId, SettingsDep, WorkerAuth, WorkerSessionDep
@@ -34,6 +36,7 @@ from service.schemas import (
 )
 from service.validation import checkpoint_model_dir
 
+M = TypeVar("M", bound=BaseModel)
 router = APIRouter(prefix="/internal/v1/jobs", tags=["internal"], dependencies=[WorkerAuth])
 
 
@@ -162,10 +165,20 @@ def metrics(job_id: JobId, body: MetricsBatch, session: WorkerSessionDep, reques
     return Accepted(accepted=n)
 
 
+def _scrubbed(job: Job, cipher: Any, model: M) -> M:
+    """``model`` with the job's reward header values redacted. Workers scrub what they report; the API does
+    it again for text that reaches rows and responses, so that no worker (an older one too) can store one."""
+    if not job.secret_headers:
+        return model
+    return Scrubber.for_headers(cipher.decrypt(job.secret_headers)).model(model)
+
+
 @router.post("/{job_id}/events", response_model=Accepted)
-def events(job_id: JobId, body: EventsBatch, session: WorkerSessionDep, request: Request) -> Accepted:
+def events(
+    job_id: JobId, body: EventsBatch, session: WorkerSessionDep, request: Request, cipher: CipherDep
+) -> Accepted:
     job = crud.fenced_job(session, job_id, body.fence)
-    n = crud.ingest_events(session, job, body.events)
+    n = crud.ingest_events(session, job, _scrubbed(job, cipher, body).events)
     _count(request, "events", n)
     return Accepted(accepted=n)
 
@@ -189,10 +202,10 @@ def checkpoints(
 
 
 @router.post("/{job_id}/finish", response_model=JobPublic)
-def finish(job_id: JobId, body: FinishRequest, session: WorkerSessionDep) -> JobPublic:
+def finish(job_id: JobId, body: FinishRequest, session: WorkerSessionDep, cipher: CipherDep) -> JobPublic:
     job = crud.fenced_job(session, job_id, body.fence, states=None)
     if job.status == body.status:
         return crud.job_public(job)  # a retried finish whose first answer was lost
     crud.fenced_job(session, job_id, body.fence)  # otherwise the job must still be leased
-    crud.finish(session, job, body)
+    crud.finish(session, job, _scrubbed(job, cipher, body))
     return crud.job_public(job)

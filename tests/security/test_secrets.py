@@ -133,3 +133,36 @@ def test_submit_refuses_ipv6_forms_of_loopback(strict_client, host):
     detail = r.json()["detail"]
     assert detail["code"] == "reward_url_forbidden" and detail["field"] == "reward.url"
     assert "127.0.0.1" in detail["message"]
+
+
+def test_what_a_worker_reports_is_scrubbed_again_by_the_api(client, alice):
+    """A worker that reports a header value in clear (an older one, a bug) cannot get it stored."""
+    from tests.service.conftest import WORKER
+
+    token = new_token()
+    body = job_body(
+        reward={"url": "http://127.0.0.1:9/score", "headers": {"Authorization": f"Bearer {token}"}}
+    )
+    job = client.post("/v1/jobs", json=body, headers=alice).json()
+    claimed = client.post(f"/internal/v1/jobs/{job['id']}/claim", json={"worker_id": "w"}, headers=WORKER)
+    fence = claimed.json()["fence"]
+    leak = f"endpoint said: bad credentials Bearer {token}"
+    event = {"level": "error", "message": leak, "data": {"echo": token}}
+    r = client.post(
+        f"/internal/v1/jobs/{job['id']}/events", json={"fence": fence, "events": [event]}, headers=WORKER
+    )
+    assert r.status_code == 200
+    r = client.post(
+        f"/internal/v1/jobs/{job['id']}/finish",
+        json={
+            "fence": fence,
+            "status": "failed",
+            "error": {"code": "reward_endpoint_rejected", "message": leak},
+        },
+        headers=WORKER,
+    )
+    assert r.status_code == 200 and token not in r.text
+    shown = client.get(f"/v1/jobs/{job['id']}", headers=alice).text
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).text
+    assert token not in shown and token not in events
+    assert REDACTED in shown and REDACTED in events
