@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
@@ -56,7 +57,19 @@ class UiFiles(StaticFiles):
         return response
 
     async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:  # a missing file (404) or a method other than GET/HEAD (405)
+            response = JSONResponse(
+                {
+                    "detail": {
+                        "code": "not_found" if exc.status_code == 404 else "invalid",
+                        "message": exc.detail,
+                    }
+                },
+                status_code=exc.status_code,
+                headers=exc.headers,
+            )
         response.headers.update(SECURITY_HEADERS)
         return response
 

@@ -18,6 +18,13 @@ import pytest
 
 from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
 from tests.cli.conftest import Api, StandInWorker, letter_spec
+from tests.service.conftest import (  # noqa: F401 - fixtures are found by name
+    alice,
+    client,
+    database_url,
+    pg_schema_url,
+    settings,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -34,9 +41,9 @@ def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     port = free_port()
     worker_secret = secrets.token_urlsafe(32)
     env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret)
-    settings = Settings(data_dir=data, dev_mode=True)
-    migrate(settings)
-    keys = create_api_key(settings, "tenant-a"), create_api_key(settings, "tenant-b")
+    stack_settings = Settings(data_dir=data, dev_mode=True)
+    migrate(stack_settings)
+    keys = create_api_key(stack_settings, "tenant-a"), create_api_key(stack_settings, "tenant-b")
     with LocalStack(env=env, log_dir=data / "logs") as stack:
         url = stack.start_api("127.0.0.1", port)
         reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
@@ -68,12 +75,12 @@ class Tenant:
 
 
 @pytest.fixture(scope="session")
-def alice(ui_api: Api) -> Tenant:
+def tenant_a(ui_api: Api) -> Tenant:
     return Tenant(ui_api, ui_api.key)
 
 
 @pytest.fixture(scope="session")
-def bob(ui_api: Api) -> Tenant:
+def tenant_b(ui_api: Api) -> Tenant:
     return Tenant(ui_api, ui_api.other_key)
 
 

@@ -20,9 +20,11 @@ def _rows(page: Page) -> list[str]:
     return [r.get_attribute("data-job") for r in page.driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")]
 
 
-def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(page: Page, alice: Tenant, bob: Tenant):
-    mine = alice.create(project="ui-own")
-    theirs = bob.create(project="ui-own")
+def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(
+    page: Page, tenant_a: Tenant, tenant_b: Tenant
+):
+    mine = tenant_a.create(project="ui-own")
+    theirs = tenant_b.create(project="ui-own")
 
     page.open()
     page.wait_for(By.ID, "api-key").send_keys("rlft_not-a-key")
@@ -30,16 +32,16 @@ def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(page: Page, a
     page.until(lambda: "401" in page.driver.find_element(By.ID, "signin-error").text)
     assert page.js("return sessionStorage.getItem('rlft.apiKey')") is None
 
-    page.sign_in(alice.api.key)
+    page.sign_in(tenant_a.api.key)
     page.screenshot("jobs")
     rows = _rows(page)
     assert mine in rows and theirs not in rows
-    assert page.js("return sessionStorage.getItem('rlft.apiKey')") == alice.api.key
-    assert alice.api.key not in page.driver.current_url
+    assert page.js("return sessionStorage.getItem('rlft.apiKey')") == tenant_a.api.key
+    assert tenant_a.api.key not in page.driver.current_url
     assert page.driver.get_cookies() == []
 
     # The metadata filter narrows the list to jobs that carry it.
-    other = alice.create(project="ui-other")
+    other = tenant_a.create(project="ui-other")
     page.driver.find_element(By.ID, "filter-meta").send_keys("project=ui-other")
     page.driver.find_element(By.CSS_SELECTOR, "form.row button[type=submit]").click()
     page.until(lambda: _rows(page) == [other])
@@ -49,19 +51,19 @@ def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(page: Page, a
     assert page.js("return sessionStorage.getItem('rlft.apiKey')") is None
 
 
-def test_running_job_chart_gains_points_while_watching(page: Page, alice: Tenant):
-    job = alice.create(project="ui-live")
-    fence = alice.worker.claim(job)
-    alice.worker.report(job, fence, 1, 0.1)
+def test_running_job_chart_gains_points_while_watching(page: Page, tenant_a: Tenant):
+    job = tenant_a.create(project="ui-live")
+    fence = tenant_a.worker.claim(job)
+    tenant_a.worker.report(job, fence, 1, 0.1)
 
-    page.sign_in(alice.api.key)
+    page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
     chart = page.wait_for(By.CSS_SELECTOR, "#charts .chart[data-title^='reward']")
     page.until(lambda: page.js("return document.getElementById('charts').dataset.live") == "streaming")
     page.until(lambda: chart.get_attribute("data-points") == "1", message="the loaded point")
 
     for step in (2, 3, 4):
-        alice.worker.report(job, fence, step, 0.1 * step)
+        tenant_a.worker.report(job, fence, step, 0.1 * step)
         # Each point arrives over the SSE stream, without a reload.
         page.until(lambda s=step: chart.get_attribute("data-points") == str(s), message=f"step {step}")
     kl = page.driver.find_element(By.CSS_SELECTOR, "#charts .chart[data-title='KL']")
@@ -69,22 +71,22 @@ def test_running_job_chart_gains_points_while_watching(page: Page, alice: Tenant
     assert "step 4" in page.driver.find_element(By.ID, "events").text
     page.screenshot("live")
 
-    alice.worker.finish(job, fence)
+    tenant_a.worker.finish(job, fence)
     page.until(lambda: page.text("#job-header .status") == "succeeded")
 
 
-def test_attacker_controlled_samples_render_as_text_and_run_nothing(page: Page, alice: Tenant):
-    job = alice.create(project="ui-xss")
-    fence = alice.worker.claim(job)
+def test_attacker_controlled_samples_render_as_text_and_run_nothing(page: Page, tenant_a: Tenant):
+    job = tenant_a.create(project="ui-xss")
+    fence = tenant_a.worker.claim(job)
     samples = [
         {"step": 1, "index": 0, "prompt": XSS_IMG, "completion": XSS_SCRIPT, "reward": 1.0, "label": "a"},
         {"step": 1, "index": 1, "prompt": "p", "completion": XSS_IMG, "reward": 0.0, "label": XSS_SCRIPT},
     ]
-    alice.post(job, "samples", {"fence": fence, "samples": samples})
-    alice.post(job, "events", {"fence": fence, "events": [{"level": "warning", "message": XSS_IMG}]})
-    alice.worker.finish(job, fence, "failed")
+    tenant_a.post(job, "samples", {"fence": fence, "samples": samples})
+    tenant_a.post(job, "events", {"fence": fence, "events": [{"level": "warning", "message": XSS_IMG}]})
+    tenant_a.worker.finish(job, fence, "failed")
 
-    page.sign_in(alice.api.key)
+    page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
     page.wait_for(By.ID, "samples-table")
     completions = [c.text for c in page.driver.find_elements(By.CSS_SELECTOR, "#samples-table .completion")]
@@ -97,31 +99,31 @@ def test_attacker_controlled_samples_render_as_text_and_run_nothing(page: Page, 
     assert page.js("return window.__pwned === undefined")
 
 
-def test_cancel_from_the_page_cancels_the_job(page: Page, alice: Tenant):
-    job = alice.create(project="ui-cancel")
-    page.sign_in(alice.api.key)
+def test_cancel_from_the_page_cancels_the_job(page: Page, tenant_a: Tenant):
+    job = tenant_a.create(project="ui-cancel")
+    page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
     page.click("action-cancel")
     page.click("confirm-no")  # the confirmation's "Back" changes nothing
-    assert alice.job(job)["status"] == "queued"
+    assert tenant_a.job(job)["status"] == "queued"
 
     page.click("action-cancel")
     page.screenshot("confirm")
     page.click("confirm-yes")
     page.until(lambda: page.text("#job-header .status") == "cancelled")
-    assert alice.job(job)["status"] == "cancelled"
+    assert tenant_a.job(job)["status"] == "cancelled"
     assert page.driver.find_elements(By.ID, "action-cancel") == []
 
 
-def test_submit_form_shows_the_field_of_a_422_then_submits(page: Page, alice: Tenant):
-    page.sign_in(alice.api.key)
+def test_submit_form_shows_the_field_of_a_422_then_submits(page: Page, tenant_a: Tenant):
+    page.sign_in(tenant_a.api.key)
     page.open("#/submit")
     text = page.wait_for(By.ID, "spec")
     text.clear()
     text.send_keys(
         "algorithm: grpo\nmodel: {name_or_path: tiny-qwen}\n"
         'dataset: {rows: [{prompt: "Say:", label: a}]}\n'
-        f"reward: {{url: '{alice.api.reward_url}'}}\n"
+        f"reward: {{url: '{tenant_a.api.reward_url}'}}\n"
         "hyperparameters: {steps: ten}\nresources: {gpus: 0}\n"
     )
     page.driver.find_element(By.ID, "submit-job").click()
@@ -133,22 +135,22 @@ def test_submit_form_shows_the_field_of_a_422_then_submits(page: Page, alice: Te
     text.clear()
     text.send_keys('{"algorithm": "grpo", "model": {"name_or_path": "tiny-qwen"}, ')
     text.send_keys('"dataset": {"rows": [{"prompt": "Say:", "label": "a"}]}, ')
-    text.send_keys(f'"reward": {{"url": "{alice.api.reward_url}"}}, "resources": {{"gpus": 0}}, ')
+    text.send_keys(f'"reward": {{"url": "{tenant_a.api.reward_url}"}}, "resources": {{"gpus": 0}}, ')
     text.send_keys('"metadata": {"project": "ui-submit"}}')
     page.driver.find_element(By.ID, "submit-job").click()
     page.until(lambda: "#/jobs/job_" in page.driver.current_url)
     job = page.driver.current_url.rsplit("/", 1)[-1]
-    assert alice.job(job)["metadata"] == {"project": "ui-submit"}
+    assert tenant_a.job(job)["metadata"] == {"project": "ui-submit"}
 
 
-def test_compare_overlays_reward_curves(page: Page, alice: Tenant):
-    jobs = [alice.create(project="ui-compare") for _ in range(2)]
+def test_compare_overlays_reward_curves(page: Page, tenant_a: Tenant):
+    jobs = [tenant_a.create(project="ui-compare") for _ in range(2)]
     for n, job in enumerate(jobs):
-        fence = alice.worker.claim(job)
+        fence = tenant_a.worker.claim(job)
         for step in range(1, 6):
-            alice.worker.report(job, fence, step, 0.1 * step * (n + 1))
-        alice.worker.finish(job, fence)
-    page.sign_in(alice.api.key)
+            tenant_a.worker.report(job, fence, step, 0.1 * step * (n + 1))
+        tenant_a.worker.finish(job, fence)
+    page.sign_in(tenant_a.api.key)
     page.open(f"#/compare?ids={','.join(jobs)}")
     page.wait_for(By.CSS_SELECTOR, "#compare-charts[data-loaded='true']")
     reward = page.driver.find_element(By.CSS_SELECTOR, "#compare-charts .chart[data-title='reward/mean']")
@@ -157,9 +159,9 @@ def test_compare_overlays_reward_curves(page: Page, alice: Tenant):
     page.screenshot("compare")
 
 
-def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, alice: Tenant):
-    job = alice.create(project="ui-10k")
-    fence = alice.worker.claim(job)
+def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, tenant_a: Tenant):
+    job = tenant_a.create(project="ui-10k")
+    fence = tenant_a.worker.claim(job)
     names = ["reward/mean", "reward/std", "kl/mean", "policy/entropy", "completion/length_mean"]
     for start in range(1, 10_001, 2500):
         points = [
@@ -171,10 +173,10 @@ def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, alice:
             for s in range(start, start + 2500)
             for n in names
         ]
-        alice.post(job, "metrics", {"fence": fence, "points": points})
-    alice.worker.finish(job, fence)
+        tenant_a.post(job, "metrics", {"fence": fence, "points": points})
+    tenant_a.worker.finish(job, fence)
 
-    page.sign_in(alice.api.key)
+    page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
     charts = page.wait_for(By.CSS_SELECTOR, "#charts[data-loaded='true']", timeout=60)
     reward = page.driver.find_element(By.CSS_SELECTOR, "#charts .chart[data-title^='reward']")
