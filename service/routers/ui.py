@@ -43,6 +43,11 @@ SECURITY_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+def dashboard_url(api_url: str) -> str:
+    """Where a person opens the dashboard of the API at ``api_url`` (printed by `rlft up` and `make demo`)."""
+    return f"{api_url.rstrip('/')}{UI_PATH}/"
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     return RedirectResponse(f"{UI_PATH}/", status_code=307)
