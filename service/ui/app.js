@@ -203,7 +203,7 @@ async function renderJobs(params) {
 
 // ------------------------------------------------------------------------------------------- one job
 const CHARTS = [
-  { title: "reward (mean ± std)", series: [{ name: "reward/mean", label: "mean" }, { name: "reward/std", label: "std" }], band: { center: "reward/mean", spread: "reward/std" } },
+  { title: "reward (mean ± std)", series: [{ name: "reward/mean", label: "mean" }, { name: "reward/std", label: "± std (band)" }], band: { center: "reward/mean", spread: "reward/std" } },
   { title: "KL", series: [{ name: "kl/mean", label: "kl/mean" }] },
   { title: "entropy", series: [{ name: "policy/entropy", label: "policy/entropy" }] },
   { title: "completion length", series: [{ name: "completion/length_mean", label: "mean tokens" }] },
@@ -249,6 +249,9 @@ function jobHeader(job, onChange) {
       h("div", { className: "bar" }, h("div", { style: `width:${pct}%` })),
       h("span", { id: "progress" }, `step ${job.progress.step} / ${job.progress.total_steps}`),
       h("span", { className: "muted" }, `${job.algorithm} · ${job.model} · attempts ${job.attempts} · created ${when(job.created_at)}`)),
+    Object.keys(job.metadata).length
+      ? h("p", { className: "muted text", id: "job-metadata" }, Object.entries(job.metadata).map(([k, v]) => `${k}=${v}`).join("  "))
+      : null,
     job.error ? h("p", { className: "error", id: "job-error" }, h("b", {}, job.error.code), ": ", job.error.message) : null,
     actionsFor(job, onChange),
   );

@@ -3,6 +3,11 @@ rendering of attacker-controlled samples, cancel, the submit form's 422, compare
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tests.ui.conftest import Page, Tenant
@@ -184,5 +189,51 @@ def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, tenant
     page.until(lambda: reward.get_attribute("data-drawn") is not None)
     assert int(reward.get_attribute("data-drawn")) <= 2 * 1002  # downsampled before drawing
     loaded_ms = int(charts.get_attribute("data-loaded-ms"))
-    print(f"10,000 points x {len(names)} series: charts loaded and drawn in {loaded_ms} ms")
+    slowest = page.js(
+        "return Math.max(...performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/metrics')).map(e => e.duration))"
+    )
+    print(
+        f"\n10,000 points x {len(names)} series: charts loaded in {loaded_ms} ms "
+        f"(slowest request {slowest:.0f} ms)"
+    )
     page.screenshot("ten-thousand")
+
+
+def test_screenshot_of_a_running_job_for_the_readme(page: Page, tenant_a: Tenant):
+    """The README's picture: a running job with every chart, samples and a checkpoint.
+
+    Saved with the test's artifacts; ``RLFT_UPDATE_DASHBOARD_PNG=1`` also writes docs/dashboard.png."""
+    job = tenant_a.create(project="readme", run="grpo-letter")
+    worker = tenant_a.worker
+    fence = worker.claim(job)
+    points = []
+    for s in range(1, 41):
+        wave = math.sin(s / 3)
+        points += [
+            {"step": s, "name": "reward/mean", "value": 0.2 + 0.6 * (1 - math.exp(-s / 12)) + 0.03 * wave},
+            {"step": s, "name": "reward/std", "value": 0.25 * math.exp(-s / 30) + 0.05},
+            {"step": s, "name": "kl/mean", "value": 0.002 * s + 0.004 * abs(wave)},
+            {"step": s, "name": "policy/entropy", "value": 2.2 - 0.02 * s + 0.05 * wave},
+            {"step": s, "name": "completion/length_mean", "value": 24 - 0.3 * s + 2 * wave},
+            {"step": s, "name": "reward_endpoint/latency_p50_ms", "value": 12 + 2 * wave},
+            {"step": s, "name": "reward_endpoint/latency_p95_ms", "value": 30 + 6 * abs(wave)},
+            {"step": s, "name": "reward_endpoint/errors", "value": 1.0 if s in (9, 27) else 0.0},
+        ]
+    tenant_a.post(job, "metrics", {"fence": fence, "points": points})
+    samples = [
+        {"step": 40, "index": i, "prompt": "Say:", "completion": c, "reward": r, "label": "a"}
+        for i, (c, r) in enumerate([("aaaa", 1.0), ("a a a", 0.8), ("bab", 0.33), ("<script>", 0.0)])
+    ]
+    tenant_a.post(job, "samples", {"fence": fence, "samples": samples})
+    tenant_a.post(job, "checkpoints", {"fence": fence, **worker._checkpoint(job, 40)})
+    page.sign_in(tenant_a.api.key)
+    page.open(f"#/jobs/{job}")
+    page.wait_for(By.CSS_SELECTOR, "#charts[data-loaded='true']")
+    page.wait_for(By.ID, "samples-table")
+    page.until(lambda: page.js("return document.getElementById('charts').dataset.live") == "streaming")
+    shot = page.screenshot("dashboard")
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RLFT_UPDATE_DASHBOARD_PNG"):
+        shutil.copyfile(shot, Path(__file__).resolve().parents[2] / "docs" / "dashboard.png")
+    worker.finish(job, fence)
