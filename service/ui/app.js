@@ -237,7 +237,7 @@ function actionsFor(job, onChange) {
     } }, label);
   if (["queued", "running", "validating", "paused", "pausing"].includes(job.status)) box.append(act("cancel", "Cancel", "danger"));
   if (["queued", "running"].includes(job.status)) box.append(act("pause", "Pause"));
-  if (job.status === "paused") box.append(act("resume", "Resume", "primary"));
+  if (["paused", "pausing"].includes(job.status)) box.append(act("resume", "Resume", "primary"));
   return box;
 }
 

@@ -58,9 +58,11 @@ class Tenant:
         self.http = httpx.Client(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
         self.worker = StandInWorker(api)
 
-    def create(self, **metadata: str) -> str:
+    def create(self, headers: dict[str, str] | None = None, **metadata: str) -> str:
         spec = letter_spec(self.api.reward_url, steps=50)
         spec["metadata"] = metadata
+        if headers:
+            spec["reward"]["headers"] = headers
         resp = self.http.post("/v1/jobs", json=spec)
         assert resp.status_code == 201, resp.text
         return resp.json()["id"]

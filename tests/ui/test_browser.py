@@ -89,7 +89,8 @@ def test_attacker_controlled_samples_render_as_text_and_run_nothing(page: Page, 
     ]
     tenant_a.post(job, "samples", {"fence": fence, "samples": samples})
     tenant_a.post(job, "events", {"fence": fence, "events": [{"level": "warning", "message": XSS_IMG}]})
-    tenant_a.worker.finish(job, fence, "failed")
+    error = {"code": "reward_invalid", "message": XSS_SCRIPT}
+    tenant_a.post(job, "finish", {"fence": fence, "status": "failed", "error": error})
 
     page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
@@ -99,15 +100,30 @@ def test_attacker_controlled_samples_render_as_text_and_run_nothing(page: Page, 
     assert completions == [XSS_SCRIPT, XSS_IMG]
     assert prompts == [XSS_IMG, "p"]
     page.until(lambda: XSS_IMG in page.driver.find_element(By.ID, "events").text)
+    assert page.text("#job-error") == f"reward_invalid: {XSS_SCRIPT}"
     page.screenshot("samples")
     assert page.driver.find_elements(By.CSS_SELECTOR, "main img, main script") == []
     assert page.js("return window.__pwned === undefined")
 
 
-def test_cancel_from_the_page_cancels_the_job(page: Page, tenant_a: Tenant):
-    job = tenant_a.create(project="ui-cancel")
+def test_pause_resume_and_cancel_from_the_page(page: Page, tenant_a: Tenant):
+    secret = "Bearer ui-secret-0123456789"
+    job = tenant_a.create(headers={"Authorization": secret}, project="ui-cancel")
     page.sign_in(tenant_a.api.key)
     page.open(f"#/jobs/{job}")
+    page.wait_for(By.ID, "spec")
+    assert '"Authorization": "********"' in page.text("#spec")
+    assert "ui-secret" not in page.driver.page_source
+
+    page.click("action-pause")
+    page.click("confirm-yes")
+    page.until(lambda: page.text("#job-header .status") == "paused")
+    assert tenant_a.job(job)["status"] == "paused"
+    page.click("action-resume")
+    page.click("confirm-yes")
+    page.until(lambda: page.text("#job-header .status") == "queued")
+    assert tenant_a.job(job)["status"] == "queued"
+
     page.click("action-cancel")
     page.click("confirm-no")  # the confirmation's "Back" changes nothing
     assert tenant_a.job(job)["status"] == "queued"
