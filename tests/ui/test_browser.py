@@ -15,6 +15,7 @@ from tests.ui.conftest import Page, Tenant
 By = pytest.importorskip(
     "selenium.webdriver.common.by", reason="selenium is not installed: pip install '.[test]'"
 ).By
+Select = pytest.importorskip("selenium.webdriver.support.select").Select
 
 pytestmark = pytest.mark.browser
 XSS_SCRIPT = '<script>window.__pwned = "script"</script>'
@@ -22,7 +23,8 @@ XSS_IMG = "<img src=x onerror=\"window.__pwned = 'img'\">"
 
 
 def _rows(page: Page) -> list[str]:
-    return [r.get_attribute("data-job") for r in page.driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")]
+    # Read in one script: the table may be redrawn between finding a row and reading it.
+    return page.js("return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.job)")
 
 
 def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(
@@ -54,6 +56,25 @@ def test_sign_in_keeps_the_key_out_of_urls_and_shows_only_own_jobs(
     page.driver.find_element(By.ID, "signout").click()
     page.wait_for(By.ID, "api-key")
     assert page.js("return sessionStorage.getItem('rlft.apiKey')") is None
+    # Every URL the page asked for, and none with the key in it.
+    urls = page.js("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("/v1/jobs" in u for u in urls) and not any(tenant_a.api.key in u for u in urls)
+
+
+def test_jobs_list_pages_and_filters_by_status(page: Page, tenant_a: Tenant):
+    jobs = [tenant_a.create(project="ui-pages") for _ in range(26)]
+    assert tenant_a.http.post(f"/v1/jobs/{jobs[0]}/cancel").status_code == 200
+    page.sign_in(tenant_a.api.key)
+    page.open("#/jobs?meta=project%3Dui-pages")
+    page.until(lambda: _rows(page) == jobs[::-1][:25], message="first page, newest first")
+    page.click("next-page")
+    page.until(lambda: _rows(page) == [jobs[0]], message="second page")
+    page.driver.find_element(By.XPATH, "//button[text()='Previous']").click()
+    page.until(lambda: len(_rows(page)) == 25)
+
+    Select(page.driver.find_element(By.ID, "filter-status")).select_by_value("cancelled")
+    page.until(lambda: _rows(page) == [jobs[0]], message="only the cancelled job")
+    assert "status=cancelled" in page.driver.current_url
 
 
 def test_running_job_chart_gains_points_while_watching(page: Page, tenant_a: Tenant):
