@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -237,8 +238,10 @@ def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, tenant
     page.screenshot("ten-thousand")
 
 
-def test_screenshot_of_a_running_job_for_the_readme(page: Page, tenant_a: Tenant):
-    """The README's picture: a running job with every chart, samples and a checkpoint.
+def test_job_page_shows_everything_and_makes_the_readme_screenshot(
+    page: Page, tenant_a: Tenant, tmp_path: Path
+):
+    """A running job with every chart, samples of two steps and a checkpoint: the README's picture.
 
     Saved with the test's artifacts; ``RLFT_UPDATE_DASHBOARD_PNG=1`` also writes docs/dashboard.png."""
     job = tenant_a.create(project="readme", run="grpo-letter")
@@ -257,11 +260,13 @@ def test_screenshot_of_a_running_job_for_the_readme(page: Page, tenant_a: Tenant
             {"step": s, "name": "reward_endpoint/latency_p95_ms", "value": 30 + 6 * abs(wave)},
             {"step": s, "name": "reward_endpoint/errors", "value": 1.0 if s in (9, 27) else 0.0},
         ]
+    points += [{"step": s, "name": "eval/reward_mean", "value": 0.1 + s / 50} for s in (0, 20, 40)]
     tenant_a.post(job, "metrics", {"fence": fence, "points": points})
     samples = [
         {"step": 40, "index": i, "prompt": "Say:", "completion": c, "reward": r, "label": "a"}
         for i, (c, r) in enumerate([("aaaa", 1.0), ("a a a", 0.8), ("bab", 0.33), ("<script>", 0.0)])
     ]
+    samples.append({"step": 10, "index": 0, "prompt": "Go:", "completion": "b", "reward": 0.0, "label": "a"})
     tenant_a.post(job, "samples", {"fence": fence, "samples": samples})
     tenant_a.post(job, "checkpoints", {"fence": fence, **worker._checkpoint(job, 40)})
     page.sign_in(tenant_a.api.key)
@@ -273,4 +278,26 @@ def test_screenshot_of_a_running_job_for_the_readme(page: Page, tenant_a: Tenant
     assert shot.stat().st_size > 10_000
     if os.environ.get("RLFT_UPDATE_DASHBOARD_PNG"):
         shutil.copyfile(shot, Path(__file__).resolve().parents[2] / "docs" / "dashboard.png")
+
+    # Eval metrics get a chart of their own; every chart got all 40 steps.
+    assert page.js("return document.querySelector(\".chart[data-title='eval']\").dataset.points") == "3"
+    assert page.js("return document.querySelector(\".chart[data-title='KL']\").dataset.points") == "40"
+    # The samples of another step.
+    assert page.text("#samples-table tbody tr:nth-child(4) .completion") == "<script>"
+    step = page.driver.find_element(By.ID, "sample-step")
+    step.send_keys("10")
+    page.driver.find_element(By.CSS_SELECTOR, "#samples button[type=submit]").click()
+    page.until(lambda: page.text("#samples p.muted").startswith("step 10,"))
+    assert page.text("#samples-table .completion") == "b"
+    # The checkpoint's download button fetches the tar with the key and hands it to the browser.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    page.driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    page.driver.find_element(By.CSS_SELECTOR, "#checkpoints button").click()
+    tar_name = f"{job}-step-40.tar"
+    page.until(lambda: (downloads / tar_name).exists(), message="the downloaded tar")
+    with tarfile.open(downloads / tar_name) as tar:
+        assert any(n.endswith("config.json") for n in tar.getnames())
     worker.finish(job, fence)
