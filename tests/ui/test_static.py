@@ -120,3 +120,12 @@ def test_a_built_wheel_ships_the_dashboard(tmp_path: Path):
     (wheel,) = tmp_path.glob("rlft-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"service/ui/{f}" for f in SHIPPED} <= names
+
+
+@pytest.mark.parametrize(
+    "path", ["/ui/%2e%2e/routers/ui.py", "/ui/..%2fapp.py", "/ui/%2e%2e/%2e%2e/pyproject.toml"]
+)
+def test_ui_serves_nothing_outside_its_folder(client: TestClient, path: str):
+    resp = client.get(path)
+    assert resp.status_code == 404
+    assert "def " not in resp.text and "[project]" not in resp.text
