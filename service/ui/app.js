@@ -119,7 +119,7 @@ function renderSignIn(message) {
     h("button", { className: "primary", type: "submit" }, "Sign in"),
     note,
     h("p", { className: "muted" }, "The key stays in this tab (sessionStorage) and is sent only in the ",
-      "Authorization header. `rlft up` prints a dev key; `rlft keys create` makes one."),
+      "Authorization header. rlft up prints a dev key; rlft keys create makes one."),
   );
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -196,7 +196,7 @@ async function renderJobs(params) {
   const prev = h("button", { disabled: !after, onclick: () => go({ after: cursors.pop() || "" }) }, "Previous");
   const next = h("button", { id: "next-page", disabled: !page.has_more, onclick: () => { cursors.push(after); go({ after: page.next_after }); } }, "Next");
   body.replaceChildren(
-    page.data.length ? table : h("p", { className: "muted", id: "no-jobs" }, "No jobs match. Submit one from the Submit page or with `rlft submit`."),
+    page.data.length ? table : h("p", { className: "muted", id: "no-jobs" }, "No jobs match. Submit one from the Submit page or with rlft submit."),
     h("div", { className: "row", style: "margin-top:12px" }, prev, next, compare),
   );
 }
@@ -481,7 +481,7 @@ async function renderCompare(params) {
 }
 
 // ------------------------------------------------------------------------------------------- submit
-const EXAMPLE = `# A job spec, YAML or JSON (the same as \`rlft submit\` takes)
+const EXAMPLE = `# A job spec, YAML or JSON (the same as rlft submit takes)
 algorithm: grpo
 model:
   name_or_path: Qwen/Qwen2.5-0.5B-Instruct

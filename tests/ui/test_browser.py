@@ -194,8 +194,13 @@ def test_compare_overlays_reward_curves(page: Page, tenant_a: Tenant):
             tenant_a.worker.report(job, fence, step, 0.1 * step * (n + 1))
         tenant_a.worker.finish(job, fence)
     page.sign_in(tenant_a.api.key)
-    page.open(f"#/compare?ids={','.join(jobs)}")
+    page.open("#/jobs?meta=project%3Dui-compare")
+    page.until(lambda: sorted(_rows(page)) == sorted(jobs))
+    for box in page.driver.find_elements(By.CSS_SELECTOR, "#jobs tbody input[type=checkbox]"):
+        box.click()
+    page.click("compare-selected")
     page.wait_for(By.CSS_SELECTOR, "#compare-charts[data-loaded='true']")
+    assert sorted(page.driver.current_url.split("ids=")[1].split(",")) == sorted(jobs)
     reward = page.driver.find_element(By.CSS_SELECTOR, "#compare-charts .chart[data-title='reward/mean']")
     assert reward.get_attribute("data-points") == "10"
     assert all(j in reward.text for j in jobs)
