@@ -85,16 +85,18 @@ function confirmAction(text) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = text;
   return new Promise((resolve) => {
+    const yes = document.getElementById("confirm-yes"), no = document.getElementById("confirm-no");
     const done = (ok) => {
-      dialog.close();
       yes.removeEventListener("click", onYes);
       no.removeEventListener("click", onNo);
+      dialog.removeEventListener("close", onClose);
+      if (dialog.open) dialog.close();
       resolve(ok);
     };
-    const yes = document.getElementById("confirm-yes"), no = document.getElementById("confirm-no");
-    const onYes = () => done(true), onNo = () => done(false);
+    const onYes = () => done(true), onNo = () => done(false), onClose = () => done(false); // Escape closes
     yes.addEventListener("click", onYes);
     no.addEventListener("click", onNo);
+    dialog.addEventListener("close", onClose);
     dialog.showModal();
   });
 }
