@@ -50,7 +50,9 @@ export class Chart {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      const started = performance.now();
       this.draw();
+      this.root.dataset.drawMs = (performance.now() - started).toFixed(1);
     });
   }
 
