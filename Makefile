@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not e2e and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

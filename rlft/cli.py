@@ -296,7 +296,10 @@ def _dev_key(data_dir: Path, env: dict[str, str], run_cli: Callable[..., str]) -
 
 
 def _print_up(url: str, key: str, reward: str | None, log_dir: Path) -> None:
+    from service.routers.ui import dashboard_url
+
     out.print(f"API     {url}   (interactive docs: {url}/docs)")
+    out.print(f"web     {dashboard_url(url)}   (the dashboard: sign in with the key below)")
     out.print(f"key     {key}   (kept in {log_dir.parent / DEV_KEY_FILE}; the CLI picks it up)")
     if reward:
         out.print(f"reward  {reward}   (examples/rewards/letter.py)")

@@ -237,6 +237,7 @@ def main() -> int:
 def _run(console: Console, stack: LocalStack, env: dict[str, str], port: int, work: Path) -> int:
     from rlft.client import APIError, Client
     from rlft.progress import follow_job, reward_chart, reward_rose
+    from service.routers.ui import dashboard_url
 
     run_cli(env, "migrate")
     key = run_cli(env, "keys", "create", "--tenant", "demo", "--quiet")
@@ -246,6 +247,7 @@ def _run(console: Console, stack: LocalStack, env: dict[str, str], port: int, wo
         stack.start_worker()
     console.print(f"reward       {reward_url}  (examples/rewards/letter.py)")
     console.print(f"API          {api_url}  (docs: {api_url}/docs)")
+    console.print(f"dashboard    {dashboard_url(api_url)}  (sign in with the key: {key})")
     console.print(f"logs         {stack.log_dir}/")
     with Client(api_url, key) as client:
         try:

@@ -21,7 +21,7 @@ from service.db import make_engine, make_session_factory, migrate
 from service.errors import ApiError, Unavailable
 from service.observability import BodyLimitMiddleware, LatencyMiddleware, Observability
 from service.queue import JobQueue
-from service.routers import files, health, internal, jobs, rewards
+from service.routers import files, health, internal, jobs, rewards, ui
 
 log = logging.getLogger(__name__)
 # Connections and threads beyond the admitted requests: SSE polls, the reaper, readiness and metrics.
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     for module in (jobs, files, rewards, health, internal):
         app.include_router(module.router)
+    ui.mount(app)
     return app
 
 

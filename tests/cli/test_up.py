@@ -60,4 +60,5 @@ def test_up_serves_everything_and_stops_everything(tmp_path):
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
     assert key in output and f"http://127.0.0.1:{port}/docs" in output
+    assert f"http://127.0.0.1:{port}/ui/" in output  # the dashboard
     assert processes_with_env(f"RLFT_DATA_DIR={data}") == []
