@@ -113,3 +113,19 @@ def resolve_item_error(on_error: OnError, item_id: str, error: str, source: str)
             "(reward.on_error is 'fail'; set it to 'skip_sample' or 'zero' to carry on past such items)"
         )
     return 0.0 if on_error == "zero" else None
+
+
+def component_metrics(components: list[dict[str, float] | None]) -> dict[str, float]:
+    """``reward/<name>/mean`` and ``reward/<name>/std`` of each named component, over the items that have it."""
+    values: dict[str, list[float]] = {}
+    for parts in components:
+        for name, value in (parts or {}).items():
+            values.setdefault(name, []).append(value)
+    out: dict[str, float] = {}
+    for name, xs in sorted(values.items()):
+        mean = sum(xs) / len(xs)
+        out[f"reward/{name}/mean"] = mean
+        out[f"reward/{name}/std"] = (
+            math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        )
+    return out
