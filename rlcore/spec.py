@@ -350,8 +350,8 @@ class RewardSpec(_Frozen):
         return {k: v.get_secret_value() for k, v in self.headers.items()}
 
 
-# --- Several rewards with weights (issue 11): HTTP endpoints and built-in graders. Graders are fixed Python in
-# the engine (rlcore.rewards.graders); a spec only parameterises them, so no tenant code ever runs.
+# --- Several rewards with weights (issue 11): HTTP endpoints and built-in graders. Graders are fixed Python
+# in the engine (rlcore.rewards.graders); a spec only parameterises them, so no tenant code ever runs.
 MAX_REWARDS = 16
 REWARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # becomes the metric reward/<name>/mean
 MAX_PATTERN_LENGTH = 1024
@@ -367,7 +367,8 @@ def check_template(reference: str) -> str:
     for field in _TEMPLATE.findall(reference):
         if not _TEMPLATE_FIELD.fullmatch(field):
             raise ValueError(
-                f"reference uses {{{{{field[:40]}}}}}; the templates are {{{{label}}}} and {{{{metadata.KEY}}}}"
+                f"reference uses {{{{{field[:40]}}}}}; "
+                "the templates are {{label}} and {{metadata.KEY}}"
             )
     return reference
 
@@ -441,7 +442,8 @@ class NumberEntry(_Entry):
 
     type: Literal["number"]
     extract: Literal["boxed", "answer_line", "last_number"] = Field(
-        "last_number", description="boxed: the last \\boxed{...}; answer_line: after answer_prefix; last_number."
+        "last_number",
+        description="boxed: the last \\boxed{...}; answer_line: after answer_prefix; last_number.",
     )
     answer_prefix: str = Field("Answer:", min_length=1, max_length=64, description="For extract=answer_line.")
     reference: str = Field(
@@ -496,6 +498,18 @@ class LengthEntry(_Entry):
         if self.target is not None and self.buffer:
             raise ValueError("buffer goes with max_tokens, not target")
         return self
+
+
+def check_reward_list(rewards: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+    """The ``rewards`` field's rule, wherever it sits beside a ``reward``: one of the two, unique names."""
+    if rewards is None:
+        return rewards
+    if info.data.get("reward") is not None:
+        raise ValueError("give either reward (one endpoint) or rewards (a list), not both")
+    names = [e.name for e in rewards]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"names {', '.join(dupes)} more than once: each reward name must be unique")
+    return rewards
 
 
 def _entry_type(value: Any) -> Any:
@@ -681,14 +695,7 @@ class JobSpec(_Frozen):
     @field_validator("rewards")
     @classmethod
     def _one_reward_form(cls, rewards: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
-        if rewards is None:
-            return rewards
-        if info.data.get("reward") is not None:
-            raise ValueError("give either reward (one endpoint) or rewards (a list), not both")
-        names = [e.name for e in rewards]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"names {', '.join(dupes)} more than once: each reward name must be unique")
-        return rewards
+        return check_reward_list(rewards, info)
 
     @property
     def rollout_batch_size(self) -> int:
@@ -711,9 +718,7 @@ class JobSpec(_Frozen):
         if self.rewards is None:
             return self.reward.header_values() if self.reward is not None else {}
         return {
-            e.name: e.header_values()
-            for e in self.rewards
-            if isinstance(e, HTTPRewardEntry) and e.headers
+            e.name: e.header_values() for e in self.rewards if isinstance(e, HTTPRewardEntry) and e.headers
         }
 
     def public_dict(self) -> dict[str, Any]:

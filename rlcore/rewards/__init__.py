@@ -64,7 +64,8 @@ def make_job_scorer(
     allowlist: list[str] | None = None,
     count_tokens: TokenCounter | None = None,
 ) -> RewardScorer:
-    """The scorer of a job: ``reward_fn`` when given, else ``spec.reward``, else the weighted ``spec.rewards``.
+    """The scorer of a job: ``reward_fn`` when given, else ``spec.reward``, else the weighted
+    ``spec.rewards``.
 
     ``count_tokens`` is the tokenizer's count for the ``length`` grader (default: an approximation).
     """

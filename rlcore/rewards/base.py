@@ -116,7 +116,8 @@ def resolve_item_error(on_error: OnError, item_id: str, error: str, source: str)
 
 
 def component_metrics(components: list[dict[str, float] | None]) -> dict[str, float]:
-    """``reward/<name>/mean`` and ``reward/<name>/std`` of each named component, over the items that have it."""
+    """``reward/<name>/mean`` and ``reward/<name>/std`` of each named component, over the items that
+    have it."""
     values: dict[str, list[float]] = {}
     for parts in components:
         for name, value in (parts or {}).items():

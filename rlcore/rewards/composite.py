@@ -75,7 +75,7 @@ class CompositeScorer:
         for (entry, _), result in zip(self.entries, outcomes, strict=True):
             for name, value in result.metrics.items():
                 prefix = "reward_endpoint/"
-                key = f"{prefix}{entry.name}/{name[len(prefix):]}" if name.startswith(prefix) else name
+                key = f"{prefix}{entry.name}/{name[len(prefix) :]}" if name.startswith(prefix) else name
                 out.metrics[key] = value
         return out
 

@@ -78,7 +78,7 @@ def fill_template(reference: str, item: RewardItem) -> str:
     return _TEMPLATE.sub(value, reference)
 
 
-# --- the graders: (entry, item, count_tokens) -> score; raising is the item's error --------------------------
+# --- the graders: (entry, item, count_tokens) -> score; raising is the item's error -------------------------
 
 
 def string_check(entry: StringCheckEntry, item: RewardItem, count_tokens: TokenCounter) -> float:
@@ -103,8 +103,8 @@ def regex_check(entry: RegexEntry, item: RewardItem, count_tokens: TokenCounter)
         )
     except TimeoutError:
         raise ValueError(
-            f"pattern took longer than {REGEX_TIMEOUT_S:g} s on this completion (catastrophic backtracking?): "
-            "simplify it"
+            f"pattern took longer than {REGEX_TIMEOUT_S:g} s on this completion "
+            "(catastrophic backtracking?): simplify it"
         ) from None
     return float(match is not None)
 
@@ -153,7 +153,7 @@ GRADERS: dict[type, Callable[[Any, RewardItem, TokenCounter], float]] = {
 }
 
 
-# --- numbers --------------------------------------------------------------------------------------------------
+# --- numbers ------------------------------------------------------------------------------------------------
 
 
 def parse_number(text: str) -> float | None:
@@ -213,7 +213,7 @@ def _last_number(text: str) -> float | None:
     return None
 
 
-# --- JSON Schema ------------------------------------------------------------------------------------------------
+# --- JSON Schema --------------------------------------------------------------------------------------------
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -274,7 +274,7 @@ def _validator(schema: dict[str, Any]) -> Any:
     return bounded(schema)
 
 
-# --- the scorer of one grader entry ------------------------------------------------------------------------------
+# --- the scorer of one grader entry -------------------------------------------------------------------------
 
 
 class GraderScorer:

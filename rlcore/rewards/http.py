@@ -309,7 +309,9 @@ def idempotency_key(prefix: str, step: int, n: int, batch: list[RewardItem]) -> 
     for item in batch:
         h.update(
             json.dumps(
-                [item.id, item.prompt, item.completion, item.label, item.metadata], default=str, sort_keys=True
+                [item.id, item.prompt, item.completion, item.label, item.metadata],
+                default=str,
+                sort_keys=True,
             ).encode()
         )
     return f"{prefix}:{step}:{n}:{h.hexdigest()[:16]}"
