@@ -79,7 +79,9 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
     assert result.components[2] == {"len": 3.0}
     seen = server.state.seen("/ok")
     assert len(seen) == 3
-    assert sorted(r["headers"]["idempotency-key"] for r in seen) == ["job-1:5:0", "job-1:5:1", "job-1:5:2"]
+    keys = sorted(r["headers"]["idempotency-key"] for r in seen)
+    assert [k.rsplit(":", 1)[0] for k in keys] == ["job-1:5:0", "job-1:5:1", "job-1:5:2"]
+    assert all(len(k.rsplit(":", 1)[1]) == 16 for k in keys)  # and a digest of the batch's items
     for r in seen:
         assert r["headers"]["authorization"] == "Bearer s3cret"
         assert r["headers"]["content-type"] == "application/json"
@@ -87,7 +89,9 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
         assert set(body) == {"protocol", "job_id", "step", "request_id", "items"}
         assert (body["protocol"], body["job_id"], body["step"]) == ("rlft.reward.v1", "job-1", 5)
         assert set(body["items"][0]) == {"id", "prompt", "completion", "group", "label", "metadata"}
-    first = next(r for r in seen if r["headers"]["idempotency-key"] == "job-1:5:0")["body"]["items"][0]
+    first = next(r for r in seen if r["headers"]["idempotency-key"].startswith("job-1:5:0:"))["body"][
+        "items"
+    ][0]
     assert first == {
         "id": "5-0-0",
         "prompt": "Say:",
