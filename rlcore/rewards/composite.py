@@ -83,3 +83,9 @@ class CompositeScorer:
         for _, scorer in self.entries:
             scorer.close()
         self._pool.shutdown(wait=False)
+
+    def __enter__(self) -> CompositeScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
