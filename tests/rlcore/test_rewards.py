@@ -650,3 +650,15 @@ def test_openrlhf_extra_logs_are_components_of_the_entry(server):
     with make_job_scorer(spec) as scorer:
         result = scorer.score(1, items(2))
     assert all("rm" in c and any(k.startswith("rm/") for k in c) for c in result.components)
+
+
+def test_example_specs_with_graders_validate_and_score():
+    root = Path(__file__).parents[2] / "examples" / "specs"
+    graders = load_spec(str(root / "grpo_arithmetic_graders.yaml"))
+    assert graders.reward is None and graders.http_rewards() == []  # no server at all
+    with make_job_scorer(graders) as scorer:
+        result = scorer.score(1, [RewardItem(id="1", prompt="2+3=", completion=" 5", group=0, label="5")])
+    assert result.components == [{"correct": 1.0, "length": 0.0}] and result.rewards == [1.0]
+    mixed = load_spec(str(root / "grpo_http_and_regex.yaml"))
+    assert [(e.name, e.type) for e in mixed.rewards] == [("judge", "http"), ("format", "regex")]
+    assert mixed.rewards[0].url.startswith("http://127.0.0.1:8001")
