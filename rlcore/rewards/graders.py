@@ -45,13 +45,40 @@ _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)```", re.DOTALL)
 # A number as people write it: 1,234.5  -3  +7  .5  2/3  1e-3 (each part bounded: no backtracking blow-up).
 _NUMBER_CANDIDATE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*[-+]?\d+)?")
 TokenCounter = Callable[[str], int]
+MAX_REPEAT = 1000
+MAX_REPEAT_PRODUCT = 100_000
+_COUNTED = re.compile(r"\{\s*(\d{1,12})\s*(?:,\s*(\d{0,12})\s*)?\}")
 
 
 def compile_pattern(pattern: str, flags: list[str] | tuple[str, ...] = ()) -> regex.Pattern:
+    """``pattern`` compiled, once its counted repetitions are bounded (see ``check_repetitions``)."""
+    check_repetitions(pattern)
     value = 0
     for flag in flags:
         value |= _FLAGS[flag]
     return regex.compile(pattern, value)
+
+
+def check_repetitions(pattern: str) -> None:
+    """Raise ValueError for counted repetitions that would make compiling itself unbounded.
+
+    The engine unrolls ``{n,m}``: ``a{1000000000}`` never finishes compiling, nested counts multiply. Each
+    count is capped at ``MAX_REPEAT`` and the product of all of them (nested or not: an over-estimate) at
+    ``MAX_REPEAT_PRODUCT``, which compiles in well under a second.
+    """
+    product = 1
+    for match in _COUNTED.finditer(pattern):
+        counts = [int(x) for x in match.groups() if x]
+        if max(counts) > MAX_REPEAT:
+            raise ValueError(
+                f"pattern repeats {{{match.group()[1:-1]}}} times; counts are limited to {MAX_REPEAT}"
+            )
+        product *= max(1, max(counts))
+        if product > MAX_REPEAT_PRODUCT:
+            raise ValueError(
+                f"pattern's counted repetitions multiply past {MAX_REPEAT_PRODUCT}: "
+                "use fewer or smaller {{n}}"
+            )
 
 
 def approx_tokens(text: str) -> int:
@@ -226,16 +253,18 @@ def check_schema(schema: dict[str, Any]) -> None:
                 "schema uses patternProperties, which the json grader does not run (its matching has no time "
                 "limit): list the properties, or check key shapes with propertyNames + pattern"
             )
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise ValueError(f"schema is not a valid JSON Schema at {where}: {exc.message[:200]}") from None
+    except Exception as exc:  # an unknown $schema, a value the library trips on: refused, never a 500
+        raise ValueError(f"schema cannot be used: {type(exc).__name__}: {str(exc)[:200]}") from None
     for node in _walk(schema):
         if isinstance(node.get("pattern"), str):
             try:
-                regex.compile(node["pattern"])
+                compile_pattern(node["pattern"])
             except Exception as exc:
                 raise ValueError(f"schema has a pattern that does not compile: {str(exc)[:200]}") from None
 

@@ -280,6 +280,27 @@ BAD = [
         "each reward name must be unique",
     ),
     ([], ("rewards",), "at least 1 item"),
+    # Compiling itself must be bounded: the engine unrolls counted repetitions.
+    (
+        [{"type": "regex", "name": "a", "pattern": "a{1000000000}"}],
+        ("rewards", 0, "regex"),
+        "limited to 1000",
+    ),
+    (
+        [{"type": "regex", "name": "a", "pattern": "(a{1000}){1000}"}],
+        ("rewards", 0, "regex"),
+        "multiply past",
+    ),
+    (
+        [{"type": "json", "name": "a", "schema": {"pattern": "a{99999999}"}}],
+        ("rewards", 0, "json", "schema"),
+        "limited to 1000",
+    ),
+    (
+        [{"type": "json", "name": "a", "schema": {"$schema": 5}}],
+        ("rewards", 0, "json", "schema"),
+        "cannot be used",
+    ),
 ]
 
 
