@@ -105,12 +105,14 @@ def latency_metrics(latencies_ms: list[float], errors: int, retries: int, reques
     }
 
 
-def resolve_item_error(on_error: OnError, item_id: str, error: str, source: str) -> float | None:
+def resolve_item_error(
+    on_error: OnError, item_id: str, error: str, source: str, setting: str = "reward.on_error"
+) -> float | None:
     """The reward an item with an ``error`` gets under the ``on_error`` policy; ``fail`` raises."""
     if on_error == "fail":
         raise RewardInvalid(
             f"{source} reported an error for item {item_id!r}: {error} "
-            "(reward.on_error is 'fail'; set it to 'skip_sample' or 'zero' to carry on past such items)"
+            f"({setting} is 'fail'; set it to 'skip_sample' or 'zero' to carry on past such items)"
         )
     return 0.0 if on_error == "zero" else None
 

@@ -18,6 +18,7 @@ rows), not ``{{item.*}}``; ``like`` is "contains", as OpenAI documents, not SQL'
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -52,6 +53,11 @@ _COUNTED = re.compile(r"\{\s*(\d{1,12})\s*(?:,\s*(\d{0,12})\s*)?\}")
 
 def compile_pattern(pattern: str, flags: list[str] | tuple[str, ...] = ()) -> regex.Pattern:
     """``pattern`` compiled, once its counted repetitions are bounded (see ``check_repetitions``)."""
+    return _compile(pattern, tuple(flags))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str, flags: tuple[str, ...]) -> regex.Pattern:
     check_repetitions(pattern)
     value = 0
     for flag in flags:
@@ -296,7 +302,14 @@ def _bounded_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -
 
 
 def _validator(schema: dict[str, Any]) -> Any:
+    return _validator_for(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _validator_for(schema_json: str) -> Any:
     import jsonschema
+
+    schema = json.loads(schema_json)
 
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     bounded = jsonschema.validators.extend(base, {"pattern": _bounded_pattern})
@@ -325,7 +338,8 @@ class GraderScorer:
             except Exception as exc:  # fixed code on tenant data: whatever it raises is this item's error
                 message = f"{type(exc).__name__}: {exc}"[:500]
                 where = f"grader {self.entry.name} ({self.entry.type})"
-                rewards.append(resolve_item_error(self.entry.on_error, item.id, message, where))
+                setting = f"the on_error of rewards entry {self.entry.name}"
+                rewards.append(resolve_item_error(self.entry.on_error, item.id, message, where, setting))
                 errors.append(message)
         elapsed_ms = (time.perf_counter() - started) * 1000
         return RewardBatchResult(
