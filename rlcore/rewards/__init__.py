@@ -6,10 +6,14 @@ graders); the trainer only sees the ``RewardScorer`` protocol.
 
 from __future__ import annotations
 
-import uuid
-
 from rlcore.errors import ConfigError
-from rlcore.rewards.base import RewardBatchResult, RewardItem, RewardScorer, component_metrics
+from rlcore.rewards.base import (
+    RewardBatchResult,
+    RewardItem,
+    RewardScorer,
+    component_metrics,
+    local_run_id,
+)
 from rlcore.rewards.callable import CallableReward, RewardFn, load_callable
 from rlcore.rewards.composite import CompositeScorer
 from rlcore.rewards.graders import GraderScorer, TokenCounter
@@ -32,11 +36,6 @@ __all__ = [
     "make_job_scorer",
     "make_reward_scorer",
 ]
-
-
-def local_run_id() -> str:
-    """The ``job_id`` of a local run: unique per run, so that reward servers never see two runs' keys meet."""
-    return f"local-{uuid.uuid4().hex[:12]}"
 
 
 def make_reward_scorer(

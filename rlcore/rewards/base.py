@@ -8,6 +8,7 @@ rewards come from an HTTP endpoint (``rlcore.rewards.http``) or a Python functio
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -132,3 +133,8 @@ def component_metrics(components: list[dict[str, float] | None]) -> dict[str, fl
             math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
         )
     return out
+
+
+def local_run_id() -> str:
+    """The ``job_id`` of a run outside the service: unique per run, so that no two runs' keys ever meet."""
+    return f"local-{uuid.uuid4().hex[:12]}"

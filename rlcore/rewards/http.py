@@ -37,7 +37,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity import wait_random_exponential as _full_jitter
 
 from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected, RLFTError
-from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics
+from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics, local_run_id
 from rlcore.rewards.protocol import parse_response, request_body
 from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import UnresolvableHost, check_reward_url
@@ -77,7 +77,7 @@ class HTTPRewardClient:
     def __init__(
         self,
         spec: RewardSpec,
-        job_id: str = "local",
+        job_id: str | None = None,
         allow_private: bool = True,
         allowlist: list[str] | None = None,
         *,
@@ -92,7 +92,7 @@ class HTTPRewardClient:
         self.spec = spec
         self.url = spec.url
         self.scrub = Scrubber.for_headers(spec.header_values())
-        self.job_id = job_id
+        self.job_id = job_id or local_run_id()
         # Idempotency keys name the entry too: two entries of one job may share an endpoint.
         self.key_prefix = f"{job_id}/{name}" if name else job_id
         self.allow_private = allow_private
@@ -105,7 +105,7 @@ class HTTPRewardClient:
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"rlft-reward-{job_id}", daemon=True
+            target=self._loop.run_forever, name=f"rlft-reward-{self.job_id}", daemon=True
         )
         self._thread.start()
         self._client, self._semaphore, self._url_lock = self._run(self._open())

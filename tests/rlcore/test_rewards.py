@@ -630,9 +630,11 @@ def test_every_local_run_has_its_own_job_id(server):
     for _ in range(2):
         with make_reward_scorer(spec) as scorer:
             scorer.score(1, items(1))
+    with HTTPRewardClient(spec, **FAST) as library_use:  # no job id given
+        library_use.score(1, items(1))
     for request in server.state.seen("/ok"):
         ids.add(request["body"]["job_id"])
-    assert len(ids) == 2 and all(i.startswith("local-") for i in ids)
+    assert len(ids) == 3 and all(i.startswith("local-") for i in ids)
 
 
 def test_component_metrics_are_mean_and_std_over_the_items_that_have_them():
