@@ -19,7 +19,8 @@ class Callback:
         """After step ``step`` (1-based: the number of completed steps) with its namespaced metrics."""
 
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        """Per-sample records of a step: ``{index, group, prompt, completion, reward, label, error}``."""
+        """Per-sample records of a step: ``{index, group, prompt, completion, reward, label, error,
+        components}``."""
 
     def on_checkpoint(self, step: int, path: str, manifest: dict[str, Any]) -> None:
         """A verified checkpoint directory was written (``manifest.json`` is its last file)."""

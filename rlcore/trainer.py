@@ -30,7 +30,7 @@ from rlcore.data import PromptCursor, load_rows, render_prompt
 from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
-from rlcore.rewards import make_reward_scorer
+from rlcore.rewards import component_metrics, make_job_scorer
 from rlcore.rollout import Rollout, generate, token_logprobs
 from rlcore.spec import Algorithm, JobSpec
 from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
@@ -75,7 +75,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     allow_private: bool = True,
     allowlist: list[str] | None = None,
-    job_id: str = "local",
+    job_id: str | None = None,
 ) -> TrainResult:
     """Run a job to the end (or until ``should_stop()``); see docs/contracts.md."""
     trainer = Trainer(
@@ -105,7 +105,7 @@ class Trainer:
         resume=True,
         allow_private=True,
         allowlist=None,
-        job_id="local",
+        job_id=None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -131,8 +131,13 @@ class Trainer:
         self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
         self.cursor = PromptCursor(len(self.rows), self.hp.seed)
         self.kl_ctl = alg.make_kl_controller(self.hp.kl_coef, self.hp.kl_target, self.hp.kl_horizon)
-        self.scorer = make_reward_scorer(
-            spec.reward, reward_fn=reward_fn, job_id=job_id, allow_private=allow_private, allowlist=allowlist
+        self.scorer = make_job_scorer(
+            spec,
+            reward_fn=reward_fn,
+            job_id=job_id,
+            allow_private=allow_private,
+            allowlist=allowlist,
+            count_tokens=lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
         )
         self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
         self.state = TrainerState(step=0)
@@ -347,10 +352,16 @@ class Trainer:
                 "reward": result.rewards[i],
                 "label": items[i].label,
                 "error": result.errors[i],
+                "components": result.components[i],
             }
             for i in range(n)
         ]
-        metrics = dict(result.metrics)
+        components = result.components
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            components = gather_object(list(components))
+        metrics = {**result.metrics, **component_metrics(components)}
         if replayed:
             metrics["reward_endpoint/replayed"] = 1.0
         return scores.to(self.acc.device), keep.to(self.acc.device), samples, metrics

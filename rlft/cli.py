@@ -493,10 +493,15 @@ def cmd_reward_validate(args: argparse.Namespace) -> int:
     spec = _load_spec_dict(args.spec)
     items = _read_jsonl(args.items) if args.items else _sample_items(spec, args.spec)
     with _client(args) as c:
-        report = c.rewards.validate(spec.get("reward") or {}, items[:256])
+        if spec.get("rewards") is not None:
+            report = c.rewards.validate(items=items[:256], rewards=spec["rewards"])
+        else:
+            report = c.rewards.validate(spec.get("reward") or {}, items[:256])
     out.print_json(json.dumps(report))
     if not report.get("ok", False):
-        err.print("the reward endpoint failed the dry run (see errors above); fix it before submitting")
+        err.print(
+            "the rewards failed the dry run (see errors and components above); fix them before submitting"
+        )
         return 1
     return 0
 
@@ -649,7 +654,9 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     reward = sub.add_parser("reward", help="reward endpoints").add_subparsers(
         dest="reward_command", required=True, metavar="ACTION"
     )
-    s = reward.add_parser("validate", parents=[conn], help="dry-run the spec's reward endpoint")
+    s = reward.add_parser(
+        "validate", parents=[conn], help="dry-run the spec's reward endpoint or rewards list"
+    )
     s.add_argument("spec", metavar="SPEC.yaml")
     s.add_argument(
         "--items",

@@ -592,11 +592,30 @@ class Files(_Resource):
 
 
 class Rewards(_Resource):
-    def validate(self, reward: Any, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Dry-run a reward endpoint on sample items (or the service's own) before any GPU is spent."""
+    def validate(
+        self,
+        reward: Any = None,
+        items: list[dict[str, Any]] | None = None,
+        *,
+        rewards: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Dry-run a reward endpoint (``reward``), or a job's list of endpoints and graders (``rewards``), on
+        sample items before any GPU is spent; the answer shows each component by name."""
         if hasattr(reward, "model_dump"):
             reward = {**reward.model_dump(mode="json"), "headers": reward.header_values()}
-        body: dict[str, Any] = {"reward": reward}
+        body: dict[str, Any] = (
+            {"reward": reward} if rewards is None else {"rewards": [_entry(e) for e in rewards]}
+        )
         if items is not None:
             body["items"] = items
         return self._c.request("POST", "/v1/rewards/validate", json=body)
+
+
+def _entry(entry: Any) -> Any:
+    """A ``rewards`` entry as JSON, an http entry's header values in clear (the service needs them)."""
+    if not hasattr(entry, "model_dump"):
+        return entry
+    data = entry.model_dump(mode="json", by_alias=True)
+    if hasattr(entry, "header_values"):
+        data["headers"] = entry.header_values()
+    return data

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -27,17 +28,17 @@ class HeaderCipher:
             algorithm=hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_INFO
         ).derive(base64.urlsafe_b64decode(key.encode()))
 
-    def fingerprint(self, headers: dict[str, str]) -> str:
+    def fingerprint(self, headers: dict[str, Any]) -> str:
         """A keyed digest of ``headers`` (names and values): equal for equal headers, opaque otherwise."""
         canonical = json.dumps(headers, sort_keys=True).encode()
         return hmac.new(self._fingerprint_key, canonical, hashlib.sha256).hexdigest()
 
-    def encrypt(self, headers: dict[str, str]) -> str | None:
+    def encrypt(self, headers: dict[str, Any]) -> str | None:
         if not headers:
             return None
         return self._fernet.encrypt(json.dumps(headers).encode()).decode()
 
-    def decrypt(self, token: str | None) -> dict[str, str]:
+    def decrypt(self, token: str | None) -> dict[str, Any]:
         if not token:
             return {}
         try:

@@ -250,6 +250,8 @@ class Sample(Base):
     label: Mapped[Any] = mapped_column(SafeJSON, nullable=True)
     error: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The reward's named parts: {grader or endpoint name: value} (issue 11).
+    components: Mapped[dict[str, float] | None] = mapped_column(SafeJSON, nullable=True)
 
 
 class Checkpoint(Base):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from rlcore.spec import RewardSpec, check_json_value
+from rlcore.spec import (
+    MAX_REWARDS,
+    HTTPRewardEntry,
+    RewardEntry,
+    RewardSpec,
+    check_json_value,
+    check_reward_list,
+)
 
 # Ids and names in paths and bodies stay short: nothing a client sends is unbounded.
 _Name = Field(min_length=1, max_length=200)
@@ -120,11 +127,19 @@ class SampleIn(BaseModel):
     reward: float | None = None
     label: Any = None
     error: str | None = None
+    components: dict[Annotated[str, Field(max_length=200)], float] | None = Field(
+        None, max_length=256, description="The reward's named parts: each grader or endpoint component."
+    )
 
     @field_validator("reward")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         return v if v is None or math.isfinite(v) else None
+
+    @field_validator("components")
+    @classmethod
+    def _finite_parts(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        return None if v is None else {k: x for k, x in v.items() if math.isfinite(x)}
 
 
 class SamplePublic(SampleIn):
@@ -180,17 +195,44 @@ class RewardValidateItem(BaseModel):
 
 
 class RewardValidateRequest(BaseModel):
+    """One endpoint (``reward``) or a job's weighted list (``rewards``), as in a job spec."""
+
     model_config = ConfigDict(extra="forbid")
 
-    reward: RewardSpec
+    reward: RewardSpec | None = None
+    rewards: list[RewardEntry] | None = Field(None, min_length=1, max_length=MAX_REWARDS)
     items: list[RewardValidateItem] = Field(min_length=1, max_length=256)
+
+    @field_validator("rewards")
+    @classmethod
+    def _one_reward_form(cls, rewards: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        return check_reward_list(rewards, info)  # the job spec's own rule
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> RewardValidateRequest:
+        if self.reward is None and self.rewards is None:
+            raise ValueError("give reward (one endpoint) or rewards (a list of endpoints and graders)")
+        return self
+
+    def http_rewards(self) -> list[tuple[str, RewardSpec]]:
+        if self.rewards is None:
+            return [("reward", self.reward)] if self.reward is not None else []
+        return [(f"rewards[{i}]", e) for i, e in enumerate(self.rewards) if isinstance(e, HTTPRewardEntry)]
+
+    def header_secrets(self) -> dict[str, Any]:
+        if self.rewards is None:
+            return self.reward.header_values() if self.reward is not None else {}
+        return {e.name: e.header_values() for e in self.rewards if isinstance(e, HTTPRewardEntry)}
 
 
 class RewardValidateResponse(BaseModel):
     ok: bool = Field(description="True when every item got a finite reward and no protocol error occurred.")
     rewards: list[float | None]
     errors: list[str | None]
-    components: list[dict[str, float] | None]
+    components: list[dict[str, float] | None] = Field(
+        description="Per item, each named part: a grader's or endpoint's value by name (rewards), or the "
+        "endpoint's own components (reward)."
+    )
     latency_ms: float
     protocol_error: ErrorInfo | None
     metrics: dict[str, float]

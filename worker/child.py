@@ -35,7 +35,7 @@ from typing import Any
 from rlcore.callbacks import Callback
 from rlcore.errors import ConfigError, Interrupted, RLFTError
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
-from rlcore.spec import JobSpec
+from rlcore.spec import JobSpec, apply_header_secrets
 from worker import artifacts
 
 log = logging.getLogger("worker.child")
@@ -172,7 +172,7 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlft-parent-watchdog", daemon=True).start()
 
 
-def classify(exc: BaseException, scrub: Scrubber | None = None) -> dict[str, str]:
+def classify(exc: BaseException, scrub: Scrubber | None = None) -> dict[str, Any]:
     """The job's error ``{code, message}`` for an exception that ended training, scrubbed with ``scrub``
     before any cut (a cut value would no longer match)."""
     scrub = scrub or Scrubber(())
@@ -206,7 +206,7 @@ class ScrubbedStream:
         return getattr(self._stream, name)
 
 
-def take_reward_headers() -> dict[str, str]:
+def take_reward_headers() -> dict[str, Any]:
     """The reward headers handed over in ``RLFT_REWARD_HEADERS``, removed from this process's environment
     (whatever it starts next does not inherit them). Not a JSON object of strings: none."""
     raw = os.environ.pop(REWARD_HEADERS_ENV, None)
@@ -216,10 +216,14 @@ def take_reward_headers() -> dict[str, str]:
         return {}
     if not isinstance(headers, dict):
         return {}
-    return {str(k): str(v) for k, v in headers.items()}
+    # Either stored shape (rlcore.spec.apply_header_secrets): {name: value} or {entry: {name: value}}.
+    return {
+        str(k): {str(n): str(x) for n, x in v.items()} if isinstance(v, dict) else str(v)
+        for k, v in headers.items()
+    }
 
 
-def run(args: argparse.Namespace, reward_headers: dict[str, str] | None = None) -> int:
+def run(args: argparse.Namespace, reward_headers: dict[str, Any] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     scrub = Scrubber.for_headers(reward_headers)
     outbox = Outbox(args.outbox, scrub) if rank0 else None
@@ -240,7 +244,7 @@ def run(args: argparse.Namespace, reward_headers: dict[str, str] | None = None) 
 
 
 def _train(
-    args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag, reward_headers: dict[str, str]
+    args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag, reward_headers: dict[str, Any]
 ) -> None:
     from rlcore.trainer import train  # imports torch: only here, in the child
 
@@ -248,8 +252,8 @@ def _train(
         data = json.loads(Path(args.spec_file).read_text(encoding="utf-8"))
         if args.model_dir:  # model.checkpoint: the supervisor fetched its model directory
             data["model"] = {**data["model"], "name_or_path": args.model_dir, "checkpoint": None}
-        if reward_headers and isinstance(data, dict) and isinstance(data.get("reward"), dict):
-            data["reward"] = {**data["reward"], "headers": reward_headers}
+        if reward_headers and isinstance(data, dict):
+            data = apply_header_secrets(data, reward_headers)
         spec = JobSpec.model_validate(data)
     except ValueError as exc:  # pydantic's ValidationError is one (its text quotes values: run() scrubs)
         raise ConfigError(f"the job spec from the service does not validate: {exc}") from exc

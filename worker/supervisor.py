@@ -32,6 +32,7 @@ from typing import Any
 from rlcore.checkpoint import list_checkpoints, step_dir_name
 from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
+from rlcore.spec import split_header_secrets
 from rlft.localproc import free_port as _free_port
 from rlft.localproc import visible_gpus
 from rlft.settings import Settings
@@ -261,7 +262,7 @@ class Supervisor:
         spec_file: Path,
         attempt_dir: Path,
         resume_dir: Path | None,
-        reward_headers: dict[str, str],
+        reward_headers: dict[str, Any],
     ) -> subprocess.Popen:
         args = [
             "--job-id",
@@ -562,13 +563,9 @@ def jobs_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "worker" / "jobs"
 
 
-def _split_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The claim's spec without reward header values, and those values."""
-    reward = spec.get("reward")
-    if not isinstance(reward, dict) or not reward.get("headers"):
-        return spec, {}
-    headers = {str(k): str(v) for k, v in reward["headers"].items()}
-    return {**spec, "reward": {**reward, "headers": {}}}, headers
+def _split_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The claim's spec without reward header values, and those values (``rlcore.spec``'s stored shape)."""
+    return split_header_secrets(spec)
 
 
 def remove_leftover_secrets(jobs_dir: Path, job_id: str | None = None) -> int:

@@ -8,6 +8,7 @@ rewards come from an HTTP endpoint (``rlcore.rewards.http``) or a Python functio
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -105,11 +106,35 @@ def latency_metrics(latencies_ms: list[float], errors: int, retries: int, reques
     }
 
 
-def resolve_item_error(on_error: OnError, item_id: str, error: str, source: str) -> float | None:
+def resolve_item_error(
+    on_error: OnError, item_id: str, error: str, source: str, setting: str = "reward.on_error"
+) -> float | None:
     """The reward an item with an ``error`` gets under the ``on_error`` policy; ``fail`` raises."""
     if on_error == "fail":
         raise RewardInvalid(
             f"{source} reported an error for item {item_id!r}: {error} "
-            "(reward.on_error is 'fail'; set it to 'skip_sample' or 'zero' to carry on past such items)"
+            f"({setting} is 'fail'; set it to 'skip_sample' or 'zero' to carry on past such items)"
         )
     return 0.0 if on_error == "zero" else None
+
+
+def component_metrics(components: list[dict[str, float] | None]) -> dict[str, float]:
+    """``reward/<name>/mean`` and ``reward/<name>/std`` of each named component, over the items that
+    have it."""
+    values: dict[str, list[float]] = {}
+    for parts in components:
+        for name, value in (parts or {}).items():
+            values.setdefault(name, []).append(value)
+    out: dict[str, float] = {}
+    for name, xs in sorted(values.items()):
+        mean = sum(xs) / len(xs)
+        out[f"reward/{name}/mean"] = mean
+        out[f"reward/{name}/std"] = (
+            math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        )
+    return out
+
+
+def local_run_id() -> str:
+    """The ``job_id`` of a run outside the service: unique per run, so that no two runs' keys ever meet."""
+    return f"local-{uuid.uuid4().hex[:12]}"

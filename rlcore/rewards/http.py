@@ -7,6 +7,7 @@ become 0):
   ``Retry-After``) and 5xx only; any other status fails at once with ``RewardRejected``;
 - ``timeout_s`` bounds a whole request (connect to last byte), not each read;
 - every response is validated; a bad one is ``RewardInvalid`` saying exactly what was wrong;
+- each request carries an ``Idempotency-Key`` naming its body (``idempotency_key``);
 - redirects are not followed (a redirect could lead past the URL policy);
 - the configured header values are secrets: every error message and item error is scrubbed of them
   (``rlcore.rewards.secrets``), endpoint bodies before they are quoted, and a header the HTTP library
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import threading
 import time
@@ -35,7 +37,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity import wait_random_exponential as _full_jitter
 
 from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected, RLFTError
-from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics
+from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics, local_run_id
 from rlcore.rewards.protocol import parse_response, request_body
 from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import UnresolvableHost, check_reward_url
@@ -75,7 +77,7 @@ class HTTPRewardClient:
     def __init__(
         self,
         spec: RewardSpec,
-        job_id: str = "local",
+        job_id: str | None = None,
         allow_private: bool = True,
         allowlist: list[str] | None = None,
         *,
@@ -83,13 +85,16 @@ class HTTPRewardClient:
         backoff_cap_s: float = 8.0,
         retry_after_cap_s: float = 30.0,
         url_check_ttl_s: float = 5.0,
+        name: str | None = None,
     ):
         if not spec.url:
             raise ConfigError("no reward URL: set reward.url in the spec")
         self.spec = spec
         self.url = spec.url
         self.scrub = Scrubber.for_headers(spec.header_values())
-        self.job_id = job_id
+        self.job_id = job_id or local_run_id()
+        # Idempotency keys name the entry too: two entries of one job may share an endpoint.
+        self.key_prefix = f"{job_id}/{name}" if name else job_id
         self.allow_private = allow_private
         self.allowlist = allowlist
         self.backoff_base_s = backoff_base_s
@@ -100,7 +105,7 @@ class HTTPRewardClient:
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"rlft-reward-{job_id}", daemon=True
+            target=self._loop.run_forever, name=f"rlft-reward-{self.job_id}", daemon=True
         )
         self._thread.start()
         self._client, self._semaphore, self._url_lock = self._run(self._open())
@@ -198,7 +203,7 @@ class HTTPRewardClient:
         headers = {
             **configured,
             "Content-Type": "application/json",
-            "Idempotency-Key": f"{self.job_id}:{step}:{n}",
+            "Idempotency-Key": idempotency_key(self.key_prefix, step, n, batch),
         }
 
         def count_retry(state: RetryCallState) -> None:
@@ -295,6 +300,21 @@ class HTTPRewardClient:
             except UnresolvableHost as exc:
                 raise _Retryable(str(exc)) from exc
             self._url_ok_until = time.monotonic() + self.url_check_ttl_s
+
+
+def idempotency_key(prefix: str, step: int, n: int, batch: list[RewardItem]) -> str:
+    """``<job>:<step>:<batch>:<digest>``: one key per request body. The digest covers what the items say, so
+    a step replayed after a resume with other completions is a new request, the same ones the same."""
+    h = hashlib.sha256()
+    for item in batch:
+        h.update(
+            json.dumps(
+                [item.id, item.prompt, item.completion, item.label, item.metadata],
+                default=str,
+                sort_keys=True,
+            ).encode()
+        )
+    return f"{prefix}:{step}:{n}:{h.hexdigest()[:16]}"
 
 
 async def _all_or_first_error(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

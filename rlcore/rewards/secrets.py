@@ -71,8 +71,11 @@ class Scrubber:
 
     @classmethod
     def for_headers(cls, headers: dict[str, Any] | None) -> Scrubber:
-        """A scrubber for a reward's ``headers`` (a dict of name to value, as ``header_values()`` gives)."""
-        return cls(str(v) for v in (headers or {}).values())
+        """A scrubber for a job's header values: a reward's ``{name: value}`` (``header_values()``), or the
+        ``{entry: {name: value}}`` of several (``JobSpec.header_secrets()``): the union of all values."""
+        from rlcore.spec import secret_values
+
+        return cls(secret_values(headers))
 
     def __bool__(self) -> bool:
         return self._pattern is not None

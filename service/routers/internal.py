@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from rlcore.checkpoint import MANIFEST
 from rlcore.rewards.secrets import Scrubber
-from rlcore.spec import validate_row
+from rlcore.spec import apply_header_secrets, validate_row
 from service import crud, storage
 from service.deps import CipherDep, JobId, SettingsDep, WorkerAuth, WorkerSessionDep
 from service.models import Job
@@ -84,7 +84,7 @@ class Unservable(Exception):
 
 def _worker_spec(session: Any, job: Job, cipher: Any) -> dict[str, Any]:
     """The spec with header values in clear and an uploaded dataset inlined: GPU machines need no DB."""
-    spec = {**job.spec, "reward": {**job.spec["reward"], "headers": cipher.decrypt(job.secret_headers)}}
+    spec = apply_header_secrets(job.spec, cipher.decrypt(job.secret_headers))
     file_id = spec["dataset"].get("file_id")
     if file_id:
         spec["dataset"] = {"rows": _file_rows(session, job, file_id)}

@@ -85,7 +85,7 @@ def _request_hash(spec: JobSpec, cipher: HeaderCipher) -> str:
     """What makes two creates "the same request" for an Idempotency-Key: the public spec and, keyed so that
     the stored hash tells nothing about them, the reward header values (the public spec masks them)."""
     canonical = json.dumps(spec.public_dict(), sort_keys=True)
-    if headers := spec.reward.header_values():
+    if headers := spec.header_secrets():
         # Only with headers: a job without any keeps the hash it had before values counted.
         canonical += "\n" + cipher.fingerprint(headers)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -106,7 +106,8 @@ def create_job(
     if idempotency_key and (existing := _idempotent(session, tenant.id, idempotency_key, request_hash)):
         response.status_code = 200
         return crud.job_public(existing)
-    check_reward_url(spec.reward.url, settings)
+    for field, reward in spec.http_rewards():
+        check_reward_url(reward.url, settings, field=f"{field}.url")
     check_dataset(session, tenant, spec, settings)
     check_model(session, tenant, spec, settings)
     check_resources(spec, settings)
@@ -118,7 +119,7 @@ def create_job(
                 session,
                 tenant_id=tenant.id,
                 spec_public=spec.public_dict(),
-                secret_headers=cipher.encrypt(spec.reward.header_values()),
+                secret_headers=cipher.encrypt(spec.header_secrets()),
                 queue=queue_name,
                 total_steps=spec.hyperparameters.steps,
                 idempotency_key=idempotency_key,

@@ -124,6 +124,22 @@ def test_reward_validate_dry_runs_the_endpoint(rlft, spec_file, tmp_path, api):
     assert code == 1 and "failed the dry run" in err
 
 
+def test_reward_validate_dry_runs_a_rewards_list_and_shows_each_component(rlft, tmp_path, api):
+    spec = {k: v for k, v in letter_spec(api.reward_url).items() if k != "reward"}
+    spec["rewards"] = [
+        {"type": "http", "name": "letter", "url": api.reward_url},
+        {"type": "string_check", "name": "has_a", "operation": "like", "weight": 0.5},
+    ]
+    path = tmp_path / "rewards.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"prompt": "Go:", "completion": "aa", "label": "a"}) + "\n")
+    code, out, _ = rlft("reward", "validate", str(path), "--items", str(items))
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True
+    assert report["components"] == [{"letter": 1.0, "has_a": 1.0}] and report["rewards"] == [1.5]
+
+
 def test_an_unreachable_api_is_one_line_that_says_what_to_do(rlft, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = rlft("jobs", "--api-url", url)

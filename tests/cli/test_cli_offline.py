@@ -110,3 +110,28 @@ def test_keys_list_revoke_rotate(rlft, capsys):
     assert code == 1 and "rlft keys list" in err and err.count("\n") == 1
     code, err = rlft("keys", "revoke", key_id)  # again: not an error
     assert code == 0 and "revoked" in err
+
+
+@pytest.mark.parametrize(
+    "rewards,words",
+    [
+        ("[{type: bleu, name: a}]", "rewards.0: type must be one of http, string_check"),
+        ('[{type: regex, name: a, pattern: "(("}]', "rewards.0.regex: Value error, pattern is not a valid"),
+        (
+            "[{type: length, name: a, target: 3}, {type: length, name: a, target: 4}]",
+            "each reward name must be",
+        ),
+        ("[]", "rewards: List should have at least 1 item"),
+    ],
+)
+@pytest.mark.parametrize("command", ["submit", "reward"])
+def test_bad_rewards_are_refused_before_sending(rlft, tmp_path, rewards, words, command):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"model: {{name_or_path: m}}\ndataset: {{rows: [{{prompt: p, label: a}}]}}\nrewards: {rewards}\n"
+    )
+    # No server listens there: the spec is refused before any request.
+    url = f"http://127.0.0.1:{free_port()}"
+    args = ["submit", str(spec)] if command == "submit" else ["reward", "validate", str(spec)]
+    code, err = rlft(*args, "--api-key", "k", "--api-url", url)
+    assert code == 1 and words in err and err.count("\n") == 1

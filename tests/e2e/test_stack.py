@@ -314,3 +314,18 @@ def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpo
     wait_for(lambda: not training_children(workers), 30, "the ranks and the launcher to exit", stack)
     (log,) = list(stack.root.glob(f"worker-*/worker/jobs/{job['id']}/attempt-*/child.log"))
     assert "got signal: 15" not in log.read_text(), "the launcher was stopped instead of its ranks"
+
+
+def test_a_job_scored_by_graders_alone_learns_and_reports_its_components(stack, tmp_path):
+    """No reward endpoint in the spec: a built-in grader scores the letter task in the training process."""
+    spec = make_spec(stack, "grpo")
+    del spec["reward"]
+    spec["rewards"] = [
+        {"type": "string_check", "name": "has_a", "operation": "like", "reference": "{{label}}"}
+    ]
+    job = stack.submit(spec)
+    assert_learned_and_downloadable(stack, job, GRPO["steps"], tmp_path)
+    steps = sorted(m["step"] for m in stack.metrics(job["id"], "reward/has_a/mean"))
+    assert steps == list(range(1, GRPO["steps"] + 1))
+    samples = stack.request("GET", f"/v1/jobs/{job['id']}/samples").json()["data"]
+    assert samples and all(s["components"] == {"has_a": s["reward"]} for s in samples)

@@ -1,6 +1,7 @@
 """A misbehaving reward server for the client's tests: a real FastAPI app on a real uvicorn socket.
 
-The path picks the behaviour (``/ok``, ``/slow``, ``/flaky?fail=2``, ``/status/400``, ``/nan``,
+The path picks the behaviour (``/ok``, ``/idempotent`` which replays a key's first answer,
+``/slow``, ``/flaky?fail=2``, ``/status/400``, ``/nan``,
 ``/echo/401`` which quotes the request's headers, ...); the server records every request (path, headers,
 body) and the most requests it had in flight at once, so tests can assert what arrived and how often.
 """
@@ -85,6 +86,16 @@ def make_app(state: ServerState) -> FastAPI:
     async def ok(request: Request, delay_ms: float = 0):
         await asyncio.sleep(delay_ms / 1000)
         return {"items": _items_answer(await request.json())}
+
+    stored: dict[str, Any] = {}
+
+    @app.post("/idempotent")
+    async def idempotent(request: Request):
+        # As a server that honours Idempotency-Key does: a key seen before gets its first answer again.
+        key = request.headers.get("idempotency-key", "")
+        if key not in stored:
+            stored[key] = {"items": _items_answer(await request.json())}
+        return stored[key]
 
     @app.post("/bare")
     async def bare(request: Request):

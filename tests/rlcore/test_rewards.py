@@ -23,12 +23,14 @@ from rlcore.rewards import (
     HTTPRewardClient,
     RewardItem,
     check_reward_url,
+    component_metrics,
     load_callable,
+    make_job_scorer,
     make_reward_scorer,
 )
 from rlcore.rewards.urlpolicy import host_allowed
-from rlcore.spec import RewardSpec, load_spec
-from tests.rlcore.reward_servers import RunningServer, closed_port_url
+from rlcore.spec import JobSpec, RewardSpec, load_spec
+from tests.rlcore.reward_servers import RunningServer, closed_port_url, misbehaving_server
 
 FAST = dict(backoff_base_s=0.01, backoff_cap_s=0.05)
 
@@ -79,7 +81,9 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
     assert result.components[2] == {"len": 3.0}
     seen = server.state.seen("/ok")
     assert len(seen) == 3
-    assert sorted(r["headers"]["idempotency-key"] for r in seen) == ["job-1:5:0", "job-1:5:1", "job-1:5:2"]
+    keys = sorted(r["headers"]["idempotency-key"] for r in seen)
+    assert [k.rsplit(":", 1)[0] for k in keys] == ["job-1:5:0", "job-1:5:1", "job-1:5:2"]
+    assert all(len(k.rsplit(":", 1)[1]) == 16 for k in keys)  # and a digest of the batch's items
     for r in seen:
         assert r["headers"]["authorization"] == "Bearer s3cret"
         assert r["headers"]["content-type"] == "application/json"
@@ -87,7 +91,9 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
         assert set(body) == {"protocol", "job_id", "step", "request_id", "items"}
         assert (body["protocol"], body["job_id"], body["step"]) == ("rlft.reward.v1", "job-1", 5)
         assert set(body["items"][0]) == {"id", "prompt", "completion", "group", "label", "metadata"}
-    first = next(r for r in seen if r["headers"]["idempotency-key"] == "job-1:5:0")["body"]["items"][0]
+    first = next(r for r in seen if r["headers"]["idempotency-key"].startswith("job-1:5:0:"))["body"][
+        "items"
+    ][0]
     assert first == {
         "id": "5-0-0",
         "prompt": "Say:",
@@ -520,3 +526,141 @@ def test_example_specs_validate(name):
     # YAML reads `5e-3` as a string: the specs write `5.0e-3`, and a float must come back.
     assert isinstance(spec.hyperparameters.learning_rate, float) and spec.hyperparameters.learning_rate > 0
     assert spec.model.name_or_path == ".models/tiny"
+
+
+# -- several rewards with weights (issue 11) -----------------------------------------------------------------
+
+
+def job_spec(rewards: list[dict]) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "model": {"name_or_path": "m"},
+            "dataset": {"rows": [{"prompt": "p", "label": "a"}]},
+            "rewards": rewards,
+        }
+    )
+
+
+def test_the_total_is_the_weighted_sum_of_graders_and_endpoints_with_every_component(server):
+    spec = job_spec(
+        [
+            {"type": "string_check", "name": "has_a", "operation": "like", "weight": 2.0},
+            {"type": "regex", "name": "only_a", "pattern": "a+", "full_match": True, "weight": 0.5},
+            {"type": "http", "name": "judge", "url": server.url("/ok"), "weight": 3.0},
+        ]
+    )
+    sent = items(3, completions=["aa", "ab", "bb"])
+    with make_job_scorer(spec, job_id="job-9") as scorer:
+        result = scorer.score(5, sent)
+    # judge = len/10 (the server), with its own component "len" carried as judge/len.
+    assert result.components == [
+        {"has_a": 1.0, "only_a": 1.0, "judge": 0.2, "judge/len": 2.0},
+        {"has_a": 1.0, "only_a": 0.0, "judge": 0.2, "judge/len": 2.0},
+        {"has_a": 0.0, "only_a": 0.0, "judge": 0.2, "judge/len": 2.0},
+    ]
+    assert result.rewards == [
+        pytest.approx(2.0 + 0.5 + 0.6),
+        pytest.approx(2.0 + 0.6),
+        pytest.approx(0.6),
+    ]
+    assert result.errors == [None] * 3
+    assert result.metrics["reward_endpoint/judge/requests"] == 1  # each endpoint keeps its own namespace
+    assert "reward_grader/has_a/ms" in result.metrics
+
+
+def test_http_entries_run_at_the_same_time_as_each_other():
+    with misbehaving_server() as server:  # its own: no request of another test still in flight
+        spec = job_spec(
+            [{"type": "http", "name": f"slow{i}", "url": server.url("/slow?sleep_s=0.5")} for i in range(3)]
+            + [{"type": "length", "name": "len", "target": 2}]
+        )
+        with make_job_scorer(spec, job_id="job-9") as scorer:
+            result = scorer.score(1, items(2))
+        assert server.state.max_in_flight == 3  # all three endpoints were waited on together
+    # "a" and "aa" are one approximate token each: half the target, -0.5.
+    assert result.rewards == [pytest.approx(3 * 0.1 - 0.5), pytest.approx(3 * 0.2 - 0.5)]
+
+
+def test_an_entry_that_skips_an_item_drops_it_from_the_total(server):
+    spec = job_spec(
+        [
+            {"type": "number", "name": "num", "on_error": "skip_sample"},  # label "a" is no number
+            {"type": "string_check", "name": "has_a", "operation": "like"},
+        ]
+    )
+    with make_job_scorer(spec) as scorer:
+        result = scorer.score(1, items(1, completions=["a"]))
+    assert result.rewards == [None]
+    assert result.components == [{"has_a": 1.0}]
+    assert result.errors[0].startswith("num: ValueError: the reference is not a number")
+
+
+def test_an_entry_under_fail_fails_the_step_naming_it(server):
+    spec = job_spec(
+        [{"type": "number", "name": "num"}, {"type": "http", "name": "judge", "url": server.url("/ok")}]
+    )
+    with make_job_scorer(spec) as scorer, pytest.raises(RewardInvalid, match="grader num"):
+        scorer.score(1, items(1))
+
+
+def test_a_replayed_step_keeps_its_key_only_when_its_items_are_the_same(server, client_for):
+    client = client_for(server.url("/idempotent"), job_id="job-7")
+    first = client.score(3, items(2, step=3, completions=["aaaa", "bb"]))
+    again = client.score(3, items(2, step=3, completions=["aaaa", "bb"]))
+    other = client.score(3, items(2, step=3, completions=["b", "bbbbbbbb"]))
+    keys = [r["headers"]["idempotency-key"] for r in server.state.seen("/idempotent")]
+    assert keys[0] == keys[1] != keys[2]
+    assert first.rewards == again.rewards == [0.4, 0.2]
+    assert other.rewards == [0.1, 0.8]  # scored anew, not the stored answer of the first rollout
+
+
+def test_two_entries_on_one_endpoint_send_different_keys(server):
+    spec = job_spec(
+        [{"type": "http", "name": n, "url": server.url("/idempotent")} for n in ("judge_a", "judge_b")]
+    )
+    with make_job_scorer(spec, job_id="job-3") as scorer:
+        scorer.score(1, items(1))
+    keys = sorted(r["headers"]["idempotency-key"] for r in server.state.seen("/idempotent"))
+    assert [k.split(":")[0] for k in keys] == ["job-3/judge_a", "job-3/judge_b"]
+
+
+def test_every_local_run_has_its_own_job_id(server):
+    spec = RewardSpec(url=server.url("/ok"))
+    ids = set()
+    for _ in range(2):
+        with make_reward_scorer(spec) as scorer:
+            scorer.score(1, items(1))
+    with HTTPRewardClient(spec, **FAST) as library_use:  # no job id given
+        library_use.score(1, items(1))
+    for request in server.state.seen("/ok"):
+        ids.add(request["body"]["job_id"])
+    assert len(ids) == 3 and all(i.startswith("local-") for i in ids)
+
+
+def test_component_metrics_are_mean_and_std_over_the_items_that_have_them():
+    metrics = component_metrics([{"a": 1.0, "b": 0.0}, {"a": 0.0}, None, {"a": 1.0}])
+    assert metrics == {
+        "reward/a/mean": pytest.approx(2 / 3),
+        "reward/a/std": pytest.approx(((1 / 9 + 4 / 9 + 1 / 9) / 2) ** 0.5),
+        "reward/b/mean": 0.0,
+        "reward/b/std": 0.0,
+    }
+
+
+def test_openrlhf_extra_logs_are_components_of_the_entry(server):
+    spec = job_spec([{"type": "http", "name": "rm", "url": server.url("/openrlhf"), "protocol": "openrlhf"}])
+    with make_job_scorer(spec) as scorer:
+        result = scorer.score(1, items(2))
+    assert all("rm" in c and any(k.startswith("rm/") for k in c) for c in result.components)
+
+
+def test_example_specs_with_graders_validate_and_score():
+    root = Path(__file__).parents[2] / "examples" / "specs"
+    graders = load_spec(str(root / "grpo_arithmetic_graders.yaml"))
+    assert graders.reward is None and graders.http_rewards() == []  # no server at all
+    with make_job_scorer(graders) as scorer:
+        result = scorer.score(1, [RewardItem(id="1", prompt="2+3=", completion=" 5", group=0, label="5")])
+    assert result.components == [{"correct": 1.0, "length": 0.0}] and result.rewards == [1.0]
+    mixed = load_spec(str(root / "grpo_http_and_regex.yaml"))
+    assert [(e.name, e.type) for e in mixed.rewards] == [("judge", "http"), ("format", "regex")]
+    assert mixed.rewards[0].url.startswith("http://127.0.0.1:8001")

@@ -220,3 +220,35 @@ def test_adaptive_kl_controller_moves_the_coefficient_and_resumes_with_it(tmp_pa
     assert coefs[0] == 0.2 and coefs[1] < coefs[0]
     state = json.loads((tmp_path / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["kl"]["value"] > coefs[1]
+
+
+def test_a_job_scored_by_graders_reports_each_component_in_metrics_and_samples(tmp_path, tiny_model_path):
+    """No server, no function: the spec's graders score the step; each is a metric and a sample field."""
+    base = make_spec(tiny_model_path, steps=1, samples_per_step=8).model_dump(mode="json", by_alias=True)
+    del base["reward"]
+    base["rewards"] = [
+        {"type": "string_check", "name": "has_a", "operation": "like", "weight": 2.0},
+        {"type": "length", "name": "short", "target": 4, "weight": 0.5},
+    ]
+    spec = JobSpec.model_validate(base)
+    rec = Recorder()
+    with_tokens = Trainer(spec, tmp_path, callbacks=[rec])
+    try:
+        with_tokens.run(lambda: False)
+        tokenizer = with_tokens.tokenizer
+    finally:
+        with_tokens.close()
+    _, metrics = rec.metrics[0]
+    for name in ("has_a", "short"):
+        assert {f"reward/{name}/mean", f"reward/{name}/std"} <= set(metrics)
+    _, samples = rec.samples[0]
+    assert len(samples) == 8
+    for s in samples:
+        assert set(s["components"]) == {"has_a", "short"}
+        assert s["components"]["has_a"] == float("a" in s["completion"].strip())
+        n = len(tokenizer.encode(s["completion"], add_special_tokens=False))  # the job's own tokens
+        assert s["components"]["short"] == pytest.approx(-min(1.0, abs(n - 4) / 4))
+        assert s["reward"] == pytest.approx(2.0 * s["components"]["has_a"] + 0.5 * s["components"]["short"])
+    means = [sum(s["components"][k] for s in samples) / 8 for k in ("has_a", "short")]
+    # samples_per_step covers the whole batch here (2 prompts x 4), so the means are over the same items.
+    assert [metrics["reward/has_a/mean"], metrics["reward/short/mean"]] == pytest.approx(means)

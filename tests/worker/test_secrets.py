@@ -197,3 +197,62 @@ def test_worker_start_removes_the_spec_files_older_workers_left(tmp_path):
         worker.wait(timeout=60)
     assert not any(p.exists() for p in leftovers), "".join(stderr)
     assert (running / SPEC_FILE).exists() and (running / "child.log").exists()
+
+
+def test_several_endpoints_get_their_own_headers_and_none_reaches_disk_or_reports(
+    tmp_path, tiny_model, recording_server
+):
+    """A ``rewards`` list: each http entry's values travel by entry name (RLFT_REWARD_HEADERS), arrive at
+    their own endpoint, and are scrubbed from reports as the union of all of them."""
+    one, two = new_token(), new_token()
+    data_dir = tmp_path / "worker"
+    seen: dict[str, str] = {}
+    app = FastAPI()
+
+    @app.post("/one")
+    async def first(request: Request) -> dict:
+        seen["one"] = request.headers.get("authorization", "")
+        seen["one_holding"] = ",".join(files_holding(data_dir, one) + files_holding(data_dir, two))
+        items = (await request.json())["items"]
+        return {"items": [{"id": it["id"], "reward": 1.0} for it in items]}
+
+    @app.post("/two")
+    def second(request: Request) -> Response:
+        seen["two"] = request.headers.get("x-key", "")
+        return Response(f"bad credentials: {dict(request.headers)!r}", status_code=401)
+
+    with serve_app(app) as base_url:
+        spec = spec_for(tiny_model, "http://unused", {})
+        del spec["reward"]
+        spec["rewards"] = [
+            {"type": "string_check", "name": "has_a", "operation": "like"},
+            {"type": "http", "name": "one", "url": f"{base_url}/one", "headers": {"Authorization": one}},
+            {
+                "type": "http",
+                "name": "two",
+                "url": f"{base_url}/two",
+                "headers": {"X-Key": two},
+                "max_retries": 0,
+            },
+        ]
+        claim = {"job_id": "job-2", "fence": 1, "attempt": 1, "spec": spec, "resume": None}
+        recording_server.replies["claim"] = [(200, claim)]
+        recording_server.start()
+        settings = Settings(
+            data_dir=data_dir,
+            api_url=recording_server.url,
+            worker_secret="w" * 32,
+            lease_seconds=30,
+            artifact_store=str(tmp_path / "store"),
+            allow_private_reward_urls=True,
+            model_roots=[str(tiny_model)],
+        )
+        assert Supervisor("job-2", settings).run() == "failed"
+
+    assert (seen["one"], seen["two"]) == (one, two)  # each endpoint got its own entry's value
+    assert seen["one_holding"] == ""  # nothing on disk held either value while the child ran
+    (finish,) = recording_server.ok_bodies("/finish")
+    assert finish["error"]["code"] == "reward_endpoint_rejected" and REDACTED in finish["error"]["message"]
+    sent = json.dumps([body for _, _, body in recording_server.requests])
+    assert one[8:24] not in sent and two[8:24] not in sent
+    assert files_holding(data_dir, one) == [] and files_holding(data_dir, two) == []
