@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from rlft.settings import Settings, get_settings
-from service import reaper
+from service import notify, reaper
 from service.admission import AdmissionMiddleware, DryRunSlots, Gate
 from service.crypto import HeaderCipher
 from service.db import make_engine, make_session_factory, migrate
@@ -26,7 +26,7 @@ from service.routers import files, health, internal, jobs, rewards
 log = logging.getLogger(__name__)
 # Connections and threads beyond the admitted requests: SSE polls, the reaper, readiness and metrics.
 POOL_HEADROOM = 8
-# SSE streams poll the database on their own; this many polls run at once per API process.
+# SSE streams read the database when woken (service/notify.py); this many reads run at once per API process.
 SSE_POLLS_AT_ONCE = 4
 
 
@@ -69,6 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.read_session_factory = make_session_factory(read_engine)
     app.state.worker_engine = worker_engine
     app.state.worker_session_factory = make_session_factory(worker_engine)
+    # Every session that can add events wakes the SSE subscribers of their jobs when it commits.
+    app.state.event_bus = notify.EventBus()
+    for writer in (factory, app.state.worker_session_factory):
+        notify.install(writer, engine, app.state.event_bus)
     app.state.sse_polls = asyncio.Semaphore(SSE_POLLS_AT_ONCE)
     app.state.dry_runs = DryRunSlots(settings.max_dry_runs_per_tenant, settings.max_dry_runs_in_flight)
     app.state.cipher = cipher
@@ -103,13 +107,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     limiter.total_tokens = (
         settings.max_requests_in_flight + settings.max_worker_requests_in_flight + POOL_HEADROOM
     )
-    task = None
+    tasks = [notify.start(app.state)]
     if settings.run_background_tasks:
-        task = asyncio.create_task(reaper.run_forever(app.state.session_factory, settings, app.state.queue))
+        tasks.append(
+            asyncio.create_task(reaper.run_forever(app.state.session_factory, settings, app.state.queue))
+        )
     try:
         yield
     finally:
-        if task is not None:
+        for task in filter(None, tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -16,6 +16,7 @@ from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service import notify
 from service.errors import Conflict, NotFound
 from service.models import (
     LEASED,
@@ -265,6 +266,7 @@ def add_event(
     session.add(
         Event(job_id=job_id, type=type_, level=level, message=message, data=data, created_at=utcnow())
     )
+    notify.mark(session, job_id)
 
 
 def list_events(session: Session, job_id: str, after: int, limit: int) -> tuple[list[Event], bool]:

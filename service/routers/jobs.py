@@ -40,6 +40,7 @@ from service.deps import (
 )
 from service.errors import ApiError, Conflict, Invalid, TooManyRequests
 from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
+from service.notify import EventBus
 from service.schemas import (
     CheckpointList,
     CheckpointPublic,
@@ -56,7 +57,9 @@ from service.validation import check_dataset, check_model, check_resources, chec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRoute)
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
+# Without a LISTEN connection (SQLite; Postgres while reconnecting) streams poll this often.
 SSE_POLL_S = 0.2
+SSE_READ_LIMIT = 500
 SSE_PING_S = 15
 MAX_EVENT_ID = 2**62
 # Jobs run for minutes: a tenant at its active-job limit has nothing to gain from retrying sooner.
@@ -275,27 +278,31 @@ async def stream_events(
     """Server-Sent Events; resumes after ``Last-Event-ID`` (or ``after``); ends after a terminal status."""
     cursor = int(last_event_id) if last_event_id else (after or 0)
     state = request.app.state
-    stream = _event_stream(state.read_session_factory, state.sse_polls, job.id, cursor)
+    stream = _event_stream(state.read_session_factory, state.sse_polls, state.event_bus, job.id, cursor)
     return EventSourceResponse(stream, ping=SSE_PING_S)
 
 
 async def _event_stream(
-    factory: sessionmaker[Session], polls: asyncio.Semaphore, job_id: str, cursor: int
+    factory: sessionmaker[Session], polls: asyncio.Semaphore, bus: EventBus, job_id: str, cursor: int
 ) -> Any:
-    # Polling the database (not an in-process queue) is what makes this work across API processes.
-    # A few polls at a time: many subscribers must not take the threads and connections requests need.
-    while True:
-        async with polls:
-            events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
-        for e in events:
-            cursor = e.id
-            yield {"id": str(e.id), "event": e.type, "data": e.model_dump_json()}
-            if e.type == "status" and (e.data or {}).get("status") in _TERMINAL_VALUES:
+    # Pushed (service/notify.py): a stream reads the database when a commit of its job wakes it, and not
+    # otherwise, unless no LISTEN connection is up (SQLite, or Postgres reconnecting): then it also polls.
+    # Subscribed before the first read, and the flag cleared before each read: no commit goes unseen.
+    # A few reads at a time: many woken subscribers must not take the threads and connections requests need.
+    with bus.subscribe(job_id) as woken:
+        while True:
+            woken.clear()
+            async with polls:
+                events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
+            for e in events:
+                cursor = e.id
+                yield {"id": str(e.id), "event": e.type, "data": e.model_dump_json()}
+                if e.type == "status" and (e.data or {}).get("status") in _TERMINAL_VALUES:
+                    return
+            if not events and status in _TERMINAL_VALUES:
                 return
-        if not events and status in _TERMINAL_VALUES:
-            return
-        if not events:
-            await asyncio.sleep(SSE_POLL_S)
+            if len(events) < SSE_READ_LIMIT:
+                await woken.wait(None if bus.live else SSE_POLL_S)
 
 
 def _poll_events(factory: sessionmaker[Session], job_id: str, cursor: int) -> tuple[list[EventPublic], str]:
@@ -308,7 +315,7 @@ def _poll_events(factory: sessionmaker[Session], job_id: str, cursor: int) -> tu
     """
     with factory() as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))
-        events, _ = crud.list_events(session, job_id, cursor, 500)
+        events, _ = crud.list_events(session, job_id, cursor, SSE_READ_LIMIT)
         return [_event_public(e) for e in events], status
 
 
