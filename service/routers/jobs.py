@@ -62,6 +62,8 @@ SSE_POLL_S = 0.2
 SSE_READ_LIMIT = 500
 SSE_PING_S = 15
 MAX_EVENT_ID = 2**62
+# The fewest points a downsampled series may ask for: the first, the last, one bucket's low and high.
+MIN_CHART_POINTS = 4
 # Jobs run for minutes: a tenant at its active-job limit has nothing to gain from retrying sooner.
 ACTIVE_JOBS_RETRY_AFTER_S = 60
 
@@ -247,10 +249,21 @@ def get_metrics(
         Query(max_length=100, description="Metric names; repeat or comma-separate."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=MIN_CHART_POINTS,
+            le=100_000,
+            description="Downsample each name's series to at most this many points for a chart, keeping "
+            "the lowest and highest point of every step bucket and the first and last point.",
+        ),
+    ] = None,
 ) -> MetricList:
     wanted = [n for item in names or [] for n in item.split(",") if n]
-    rows = crud.list_metrics(session, job.id, after_step, wanted, limit)
-    return MetricList(data=[MetricPublic.model_validate(m, from_attributes=True) for m in rows])
+    rows = crud.list_metrics(session, job.id, after_step, wanted, limit, max_points)
+    return MetricList(
+        data=[MetricPublic(step=r.step, name=r.name, value=r.value, created_at=r.created_at) for r in rows]
+    )
 
 
 def _event_public(e: Event) -> EventPublic:
