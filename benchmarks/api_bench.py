@@ -128,7 +128,8 @@ def measure(
     from service.keys import create_api_key
 
     with tempfile.TemporaryDirectory(prefix="rlft-api-bench-") as tmp, _database(database_url, tmp) as db_url:
-        env = _api_env(tmp, db_url, RLFT_RUN_BACKGROUND_TASKS="0")
+        # Every created job stays queued: the per-tenant active-job limit must not end the run.
+        env = _api_env(tmp, db_url, RLFT_RUN_BACKGROUND_TASKS="0", RLFT_MAX_ACTIVE_JOBS_PER_TENANT="1000000")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(

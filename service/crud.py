@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, func, or_, select, update
+from sqlalchemy import Row, Select, and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -329,10 +329,37 @@ def _downsampled(points: Any, max_points: int) -> Select:
 
 
 def _insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING on either dialect; returns the inserted rows' ``keys``."""
+    """INSERT … ON CONFLICT DO NOTHING on either dialect, one batched statement; returns the inserted rows'
+    ``keys``. On the table, not the mapped class: Core skips the ORM's per-row bookkeeping."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(model).on_conflict_do_nothing().returning(*(getattr(model, k) for k in keys))
+    table = model.__table__  # type: ignore[attr-defined]
+    stmt = dialect.insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in keys))
     return session.execute(stmt, rows).all()
+
+
+# One statement of three arrays, whatever the batch size: Postgres parses and plans it once per connection,
+# where a multi-row VALUES list is a new, long statement for each batch size (issue 16: 3x the points/s).
+_PG_INSERT_METRICS = text(
+    "INSERT INTO metrics (job_id, step, name, value, created_at) "
+    "SELECT :job_id, p.step, p.name, p.value, :now FROM unnest("
+    "CAST(:steps AS integer[]), CAST(:names AS varchar[]), CAST(:values AS double precision[])"
+    ") AS p(step, name, value) "
+    "ON CONFLICT (job_id, step, name) DO NOTHING RETURNING step, name, value"
+)
+
+
+def _insert_metrics(
+    session: Session, job_id: str, now: datetime, rows: list[dict[str, Any]]
+) -> Sequence[Any]:
+    """Insert the points, a repeated (step, name) ignored; returns the inserted (step, name, value)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return _insert_ignore(session, Metric, rows, ["step", "name", "value"])
+    arrays = {
+        "steps": [r["step"] for r in rows],
+        "names": [r["name"] for r in rows],
+        "values": [r["value"] for r in rows],
+    }
+    return session.execute(_PG_INSERT_METRICS, {"job_id": job_id, "now": now, **arrays}).all()
 
 
 def ingest_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> int:
@@ -345,7 +372,7 @@ def ingest_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) ->
     ]
     if not rows:
         return 0
-    inserted = _insert_ignore(session, Metric, rows, ["step", "name", "value"])
+    inserted = _insert_metrics(session, job.id, now, rows)
     by_step: dict[int, dict[str, float]] = {}
     latest = dict(job.latest_metrics or {})
     for step, name, value in inserted:

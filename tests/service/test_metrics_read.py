@@ -77,3 +77,23 @@ def test_max_points_below_four_is_a_422(client: TestClient, alice: dict) -> None
     r = client.get(f"/v1/jobs/{jid}/metrics", params={"max_points": 3}, headers=alice)
     assert r.status_code == 422
     assert r.json()["detail"][0]["field"] == "max_points"
+
+
+def test_batched_ingest_keeps_a_repeated_step_and_name_a_no_op(client: TestClient, alice: dict) -> None:
+    job = create_job(client, alice)
+    fence = claim(client, job["id"])["fence"]
+    batch = [{"step": 1, "name": "a", "value": 1.0}, {"step": 1, "name": "a", "value": 9.0}]
+    batch += [{"step": 1, "name": "b", "value": 2.0}]  # the second (1, "a") of one batch is ignored too
+    assert wpost(client, job["id"], "metrics", fence=fence, points=batch).json()["accepted"] == 2
+    again = [{"step": 1, "name": "b", "value": 7.0}, {"step": 2, "name": "a", "value": 3.0}]
+    assert wpost(client, job["id"], "metrics", fence=fence, points=again).json()["accepted"] == 1
+    data = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()["data"]
+    assert [(p["step"], p["name"], p["value"]) for p in data] == [(1, "a", 1.0), (1, "b", 2.0), (2, "a", 3.0)]
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).json()["data"]
+    assert [e["data"]["metrics"] for e in events if e["type"] == "metrics"] == [
+        {"a": 1.0, "b": 2.0},
+        {"a": 3.0},
+    ]
+    samples = [{"step": 1, "index": i, "prompt": "p", "completion": "c", "reward": 0.5} for i in range(16)]
+    assert wpost(client, job["id"], "samples", fence=fence, samples=samples).json()["accepted"] == 16
+    assert wpost(client, job["id"], "samples", fence=fence, samples=samples).json()["accepted"] == 0
