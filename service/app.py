@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.read_session_factory = make_session_factory(read_engine)
     app.state.worker_engine = worker_engine
     app.state.worker_session_factory = make_session_factory(worker_engine)
+    app.state.observability = Observability(app.state.read_session_factory)
     # Every session that can add events wakes the SSE subscribers of their jobs when it commits.
-    app.state.event_bus = notify.EventBus()
+    app.state.event_bus = notify.EventBus(app.state.observability.sse_subscribers)
     for writer in (factory, app.state.worker_session_factory):
         notify.install(writer, engine, app.state.event_bus)
     app.state.sse_polls = asyncio.Semaphore(SSE_POLLS_AT_ONCE)
@@ -78,7 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cipher = cipher
     app.state.worker_secret = worker_secret
     app.state.queue = JobQueue(settings)
-    app.state.observability = Observability(app.state.read_session_factory)
     # Multipart framing adds a little to the largest upload; no other body comes near it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(LatencyMiddleware, observability=app.state.observability)
@@ -120,6 +120,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         app.state.queue.close()
+        app.state.observability.close()
         app.state.engine.dispose()
         app.state.read_engine.dispose()
         app.state.worker_engine.dispose()

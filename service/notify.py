@@ -21,6 +21,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+from prometheus_client import Gauge
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,8 +59,9 @@ class Subscription:
 class EventBus:
     """The in-process fan-out: job id → that process's subscribers. Publish from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge | None = None) -> None:
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._gauge = gauge
         self._loop: asyncio.AbstractEventLoop | None = None
         # True while a LISTEN connection delivers every commit of every process: subscribers need not poll.
         self.live = False
@@ -74,9 +76,13 @@ class EventBus:
         self._loop = asyncio.get_running_loop()
         sub = Subscription()
         self._subscribers.setdefault(job_id, set()).add(sub)
+        if self._gauge is not None:
+            self._gauge.inc()
         try:
             yield sub
         finally:
+            if self._gauge is not None:
+                self._gauge.dec()
             subs = self._subscribers.get(job_id)
             if subs is not None:
                 subs.discard(sub)
