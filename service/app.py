@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for writer in (factory, app.state.worker_session_factory):
         notify.install(writer, engine, app.state.event_bus)
     app.state.sse_polls = asyncio.Semaphore(SSE_POLLS_AT_ONCE)
+    app.state.sse_reads = notify.SharedReads(app.state.sse_polls)
     app.state.dry_runs = DryRunSlots(settings.max_dry_runs_per_tenant, settings.max_dry_runs_in_flight)
     app.state.cipher = cipher
     app.state.worker_secret = worker_secret

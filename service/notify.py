@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import Gauge
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 CHANNEL = "rlft_events"
@@ -107,6 +108,51 @@ class EventBus:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is listening
             loop.call_soon_threadsafe(self.wake, ids)
+
+
+class _Read:
+    __slots__ = ("started", "task")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.task: asyncio.Future[Any] | None = None
+
+
+class SharedReads:
+    """One database read for the streams of a job woken together (a commit wakes them all at once).
+
+    A stream joins a read of the same (job, cursor) only while that read has not yet started its query:
+    the query then begins after the stream cleared its wake-up flag, so it sees every commit that woke the
+    stream. Reads run ``slots`` at a time, in the thread pool: woken streams must not take the threads and
+    connections that requests need.
+    """
+
+    def __init__(self, slots: asyncio.Semaphore):
+        self._slots = slots
+        self._pending: dict[Any, _Read] = {}
+
+    async def read(self, key: Any, fn: Callable[[], Any]) -> Any:
+        entry = self._pending.get(key)
+        if entry is None or entry.started:
+            entry = _Read()
+            entry.task = asyncio.ensure_future(self._run(entry, fn))
+            self._pending[key] = entry
+            entry.task.add_done_callback(lambda _t: self._forget(key, entry))
+        assert entry.task is not None
+        # Shielded: a stream whose client went away must not cancel the read the others wait for.
+        return await asyncio.shield(entry.task)
+
+    def _forget(self, key: Any, entry: _Read) -> None:
+        if self._pending.get(key) is entry:
+            del self._pending[key]
+
+    async def _run(self, entry: _Read, fn: Callable[[], Any]) -> Any:
+        def call() -> Any:
+            entry.started = True
+            return fn()
+
+        async with self._slots:
+            return await run_in_threadpool(call)
 
 
 def install(factory: sessionmaker[Session], engine: Engine, bus: EventBus) -> None:

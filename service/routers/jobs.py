@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -16,7 +16,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
-from starlette.concurrency import run_in_threadpool
 
 from rlcore.spec import (
     MAX_METADATA_KEYS,
@@ -40,7 +39,7 @@ from service.deps import (
 )
 from service.errors import ApiError, Conflict, Invalid, TooManyRequests
 from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
-from service.notify import EventBus
+from service.notify import EventBus, SharedReads
 from service.schemas import (
     CheckpointList,
     CheckpointPublic,
@@ -291,22 +290,22 @@ async def stream_events(
     """Server-Sent Events; resumes after ``Last-Event-ID`` (or ``after``); ends after a terminal status."""
     cursor = int(last_event_id) if last_event_id else (after or 0)
     state = request.app.state
-    stream = _event_stream(state.read_session_factory, state.sse_polls, state.event_bus, job.id, cursor)
+    stream = _event_stream(state.read_session_factory, state.sse_reads, state.event_bus, job.id, cursor)
     return EventSourceResponse(stream, ping=SSE_PING_S)
 
 
 async def _event_stream(
-    factory: sessionmaker[Session], polls: asyncio.Semaphore, bus: EventBus, job_id: str, cursor: int
+    factory: sessionmaker[Session], reads: SharedReads, bus: EventBus, job_id: str, cursor: int
 ) -> Any:
     # Pushed (service/notify.py): a stream reads the database when a commit of its job wakes it, and not
     # otherwise, unless no LISTEN connection is up (SQLite, or Postgres reconnecting): then it also polls.
     # Subscribed before the first read, and the flag cleared before each read: no commit goes unseen.
-    # A few reads at a time: many woken subscribers must not take the threads and connections requests need.
+    # The streams of a job woken by one commit share one read, and only a few reads run at a time.
     with bus.subscribe(job_id) as woken:
         while True:
             woken.clear()
-            async with polls:
-                events, status = await run_in_threadpool(_poll_events, factory, job_id, cursor)
+            read = functools.partial(_poll_events, factory, job_id, cursor)
+            events, status = await reads.read((job_id, cursor), read)
             for e in events:
                 cursor = e.id
                 yield {"id": str(e.id), "event": e.type, "data": e.model_dump_json()}

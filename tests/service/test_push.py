@@ -155,10 +155,12 @@ def test_idle_subscribers_cause_no_queries(pg_settings: Settings, carol: dict) -
         post_metric(server.url, jid, fence, 1)
         for r in readers:
             r.wait_for(lambda r: r.steps() == [1], "the pushed metrics event")
+        event_reads = [s for s in statements if "FROM events" in s]
         _finish(server.url, jid, fence)
         for r in readers:
             assert r.ended.wait(HANG_S)
     assert idle == [], f"{len(idle)} statements while 20 subscribers were idle: {idle[:3]}"
+    assert len(event_reads) == 1  # the 20 streams woken by one commit shared one read
 
 
 def test_last_event_id_after_a_dropped_connection_loses_nothing(settings: Settings, alice: dict) -> None:
