@@ -252,8 +252,8 @@ def _scans(db_url: str) -> int:
 
 
 def _scans_per_s(db_url: str, seconds: float) -> float:
-    # Postgres publishes a backend's counters at most once a second: wait them out on both sides.
-    time.sleep(1.5)
+    # Postgres 15 publishes an idle backend's counters up to 10 s late: let the previous phase's arrive first.
+    time.sleep(11)
     before = _scans(db_url)
     time.sleep(seconds)
     return round((_scans(db_url) - before) / seconds, 1)

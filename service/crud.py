@@ -315,16 +315,15 @@ def _downsampled(points: Any, max_points: int) -> Select:
         func.max(points.c.step).over(**by_name).label("hi"),
     ).subquery()
     bucket = (ranged.c.step - ranged.c.lo) * buckets // (ranged.c.hi - ranged.c.lo + 1)
-    in_bucket = (ranged.c.name, bucket)
+    in_bucket = {"partition_by": (ranged.c.name, bucket)}
+    # One sort: by value, so the first row of a bucket is its lowest point and the last its highest.
     ranked = select(
         ranged,
-        func.row_number().over(partition_by=in_bucket, order_by=(ranged.c.value, ranged.c.step)).label("low"),
-        func.row_number()
-        .over(partition_by=in_bucket, order_by=(ranged.c.value.desc(), ranged.c.step))
-        .label("high"),
+        func.row_number().over(**in_bucket, order_by=(ranged.c.value, ranged.c.step)).label("rank"),
+        func.count().over(**in_bucket).label("size"),
     ).subquery()
     c = ranked.c
-    keep = or_(c.n <= max_points, c.low == 1, c.high == 1, c.step == c.lo, c.step == c.hi)
+    keep = or_(c.n <= max_points, c.rank == 1, c.rank == c.size, c.step == c.lo, c.step == c.hi)
     return select(c.step, c.name, c.value, c.created_at).where(keep).order_by(c.step, c.name)
 
 

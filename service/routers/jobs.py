@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints, TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,7 +48,6 @@ from service.schemas import (
     JobList,
     JobPublic,
     MetricList,
-    MetricPublic,
     SampleList,
     SamplePublic,
 )
@@ -257,12 +256,16 @@ def get_metrics(
             "the lowest and highest point of every step bucket and the first and last point.",
         ),
     ] = None,
-) -> MetricList:
+) -> Response:
     wanted = [n for item in names or [] for n in item.split(",") if n]
     rows = crud.list_metrics(session, job.id, after_step, wanted, limit, max_points)
-    return MetricList(
-        data=[MetricPublic(step=r.step, name=r.name, value=r.value, created_at=r.created_at) for r in rows]
-    )
+    # Validated and serialised by pydantic-core in one pass: a 10,000-point page costs milliseconds, where
+    # model objects then FastAPI's own response validation cost half a second.
+    body = _METRIC_LIST.validate_python({"data": [r._mapping for r in rows]})
+    return Response(_METRIC_LIST.dump_json(body), media_type="application/json")
+
+
+_METRIC_LIST = TypeAdapter(MetricList)
 
 
 def _event_public(e: Event) -> EventPublic:
