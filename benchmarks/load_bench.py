@@ -198,9 +198,10 @@ async def _worker_client(
             r = await tally.call(
                 lambda: c.post(f"/internal/v1/jobs/{jid}/metrics", json={"fence": fence, "points": points})  # noqa: B023 - awaited here
             )
-            latencies.append(time.time() - t0)
+            t1 = time.time()
+            latencies.append(t1 - t0)
             if r is not None:
-                sent.append([jid, step, t0])
+                sent.append([jid, step, t0, t1])
             rows = [
                 {"step": step, "index": i, "prompt": "p" * 64, "completion": "c" * 256, "reward": 0.5}
                 for i in range(samples)
@@ -374,22 +375,25 @@ def _fleet(url: str, key: str, secret: str, db_url: str, jobs: list[list], opts:
         for jid, fence in jobs:  # a terminal status ends every stream
             c.post(f"/internal/v1/jobs/{jid}/finish", json={"fence": fence, "status": "succeeded"})
     sres = _collect([(p, out) for p, out, _ in subs], HANG_S)
-    sent = {(jid, step): t for jid, step, t in wres["sent"]}
-    lags, missing = [], 0
+    sent = {(jid, step): (t0, t1) for jid, step, t0, t1 in wres["sent"]}
+    lags, after_answer, missing = [], [], 0
     steps_of: dict[str, set[int]] = {}
-    for jid, step, _ in wres["sent"]:
+    for jid, step, _, _ in wres["sent"]:
         steps_of.setdefault(jid, set()).add(step)
     for part, proc_jobs in zip(sres, (streams[i::per_proc] for i in range(per_proc)), strict=True):
         got: dict[int, set[int]] = {}
         for i, jid, step, t in part["received"]:
             got.setdefault(i, set()).add(step)
             if (jid, step) in sent:
-                lags.append(t - sent[(jid, step)])
+                lags.append(t - sent[(jid, step)][0])
+                after_answer.append(t - sent[(jid, step)][1])
         missing += sum(len(steps_of.get(jid, set()) - got.get(i, set())) for i, jid in enumerate(proc_jobs))
     errors = wres["errors"] + pres["errors"] + [e for p in sres for e in p["errors"]]
     figures.update(
         {
             "delivery_lag": _ms(lags),
+            # From the worker's POST answered to the subscriber's read (negative: the event came first).
+            "delivery_after_post_answered": _ms(after_answer),
             "deliveries": len(lags),
             "deliveries_missing": missing,
             "worker_metrics_post": _ms(wres["post_s"]),
