@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rlft.settings import Settings
@@ -61,3 +63,27 @@ def test_counters_histograms_and_gauges_add_up_over_two_processes(
             assert seen[("rlft_jobs", (("state", "running"),))] == 1  # read once from the database
         _wait_until(lambda: _scrape(b).get(subscribers) == 0, "the closed streams to be uncounted")
     assert [r.steps() for r in readers] == [[1, 2, 3]] * 3
+
+
+def test_rlft_serve_with_workers_starts_from_an_empty_multiprocess_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlft import cli
+    from rlft.settings import get_settings
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # restored (unset) after the test
+    monkeypatch.setenv("RLFT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RLFT_DEV_MODE", "1")
+    get_settings.cache_clear()
+    stale = tmp_path / "prometheus" / "counter_12345.db"
+    stale.parent.mkdir()
+    stale.write_bytes(b"from an earlier run")
+    started: dict = {}
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.update(kw))
+    try:
+        assert cli.main(["serve", "--workers", "2", "--port", "1"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert started["workers"] == 2
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "prometheus")
+    assert not stale.exists()  # an earlier run's values are not added in
