@@ -1,7 +1,7 @@
 """An index for chart reads of metrics: (job_id, name, step), carrying the value on Postgres (issue 16).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0001 (main has 0002_sample_components since this branch began: on merge, this revises 0002)
 Create Date: 2026-12-02 01:45:00
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002"
+revision: str = "0003"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
