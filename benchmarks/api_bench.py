@@ -16,6 +16,9 @@ job's worker heartbeats every 2 s on a 15 s lease with the reaper running. Clien
 It reports answers by status code, 500s and requests over 10 s (both must be 0), p50/p99 latency, jobs
 stored against 201s received (equal: every created job answered exactly once), and whether the running job
 kept its lease. Everything stays on 127.0.0.1 and ends when the duration is up.
+
+``--load`` is the fleet test of issue 16 (Postgres, ``rlft serve --workers 2``, clients in separate
+processes): see benchmarks/load_bench.py.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def measure(
     from service.keys import create_api_key
 
     with tempfile.TemporaryDirectory(prefix="rlft-api-bench-") as tmp, _database(database_url, tmp) as db_url:
-        env = _api_env(tmp, db_url, RLFT_RUN_BACKGROUND_TASKS="0")
+        # Every created job stays queued: the per-tenant active-job limit must not end the run.
+        env = _api_env(tmp, db_url, RLFT_RUN_BACKGROUND_TASKS="0", RLFT_MAX_ACTIVE_JOBS_PER_TENANT="1000000")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
@@ -503,12 +507,39 @@ def main() -> int:
     )
     p.add_argument("--burst", action="store_true", help="the load test of issue 9 instead (module docstring)")
     p.add_argument("--clients", type=int, default=1000, help="--burst: concurrent clients")
-    p.add_argument("--duration", type=float, default=60.0, help="--burst: seconds")
+    p.add_argument("--duration", type=float, default=60.0, help="--burst, --load: seconds of traffic")
     p.add_argument("--tenants", type=int, default=20, help="--burst: tenants the clients are spread over")
     p.add_argument("--reward-sleep", type=float, default=5.0, help="--burst: seconds the reward server takes")
     p.add_argument("--broker-url", default=None, help="--burst: default the embedded (SQLite) broker")
+    p.add_argument(
+        "--load", action="store_true", help="the fleet test of issue 16 (benchmarks/load_bench.py)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=20, help="--load: simulated training workers (one job each)"
+    )
+    p.add_argument("--subscribers", type=int, default=500, help="--load: SSE streams over the workers' jobs")
+    p.add_argument(
+        "--subscriber-processes", type=int, default=5, help="--load: processes holding the streams"
+    )
+    p.add_argument("--pollers", type=int, default=10, help="--load: clients listing jobs every 0.5 s")
+    p.add_argument("--names", type=int, default=30, help="--load: metric names a worker posts each step")
+    p.add_argument("--samples", type=int, default=16, help="--load: samples a worker posts each step")
+    p.add_argument("--every", type=float, default=0.5, help="--load: seconds between a worker's steps")
+    p.add_argument("--ingest-posters", type=int, default=8, help="--load: concurrent 1,000-point posters")
+    p.add_argument("--ingest-s", type=float, default=15.0, help="--load: seconds of the ingestion phase")
+    p.add_argument("--reads", type=int, default=20, help="--load: reads of the 100k-point job, each kind")
+    p.add_argument("--api-processes", type=int, default=2, help="--load: rlft serve --workers")
     a = p.parse_args()
-    if a.burst:
+    if a.load:
+        from benchmarks.load_bench import load
+
+        opts = {
+            k: getattr(a, k) for k in ("workers", "subscribers", "subscriber_processes", "pollers", "names")
+        }
+        opts.update(samples=a.samples, every=a.every, ingest_posters=a.ingest_posters, ingest_s=a.ingest_s)
+        opts.update(reads=a.reads, api_processes=a.api_processes, duration=a.duration, creates=a.jobs)
+        result = load(a.database_url, opts)
+    elif a.burst:
         result = burst(a.clients, a.duration, a.database_url, a.broker_url, a.tenants, a.reward_sleep)
     else:
         result = measure(a.jobs, a.batches, a.points, a.database_url, a.sse_points)

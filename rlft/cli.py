@@ -184,6 +184,8 @@ def create_key(tenant: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if args.workers > 1:
+        _prometheus_multiprocess_dir()
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -193,6 +195,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _prometheus_multiprocess_dir() -> None:
+    """Several API processes: their Prometheus values go to files that a scrape of any of them sums.
+
+    Set before uvicorn starts the processes (they inherit it); emptied first, as prometheus-client asks:
+    files of processes from an earlier run would be added in.
+    """
+    from service.observability import MULTIPROC_ENV
+
+    if os.environ.get(MULTIPROC_ENV):
+        path = Path(os.environ[MULTIPROC_ENV])
+    else:
+        path = _settings().data_dir / "prometheus"
+        os.environ[MULTIPROC_ENV] = str(path)
+    if path.exists():
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from rlft.settings import Settings, get_settings
-from service import reaper
+from service import notify, reaper
 from service.admission import AdmissionMiddleware, DryRunSlots, Gate
 from service.crypto import HeaderCipher
 from service.db import make_engine, make_session_factory, migrate
@@ -26,7 +26,7 @@ from service.routers import files, health, internal, jobs, rewards, ui
 log = logging.getLogger(__name__)
 # Connections and threads beyond the admitted requests: SSE polls, the reaper, readiness and metrics.
 POOL_HEADROOM = 8
-# SSE streams poll the database on their own; this many polls run at once per API process.
+# SSE streams read the database when woken (service/notify.py); this many reads run at once per API process.
 SSE_POLLS_AT_ONCE = 4
 
 
@@ -69,12 +69,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.read_session_factory = make_session_factory(read_engine)
     app.state.worker_engine = worker_engine
     app.state.worker_session_factory = make_session_factory(worker_engine)
+    app.state.observability = Observability(app.state.read_session_factory)
+    # Every session that can add events wakes the SSE subscribers of their jobs when it commits.
+    app.state.event_bus = notify.EventBus(app.state.observability.sse_subscribers)
+    for writer in (factory, app.state.worker_session_factory):
+        notify.install(writer, engine, app.state.event_bus)
     app.state.sse_polls = asyncio.Semaphore(SSE_POLLS_AT_ONCE)
+    app.state.sse_reads = notify.SharedReads(app.state.sse_polls)
     app.state.dry_runs = DryRunSlots(settings.max_dry_runs_per_tenant, settings.max_dry_runs_in_flight)
     app.state.cipher = cipher
     app.state.worker_secret = worker_secret
     app.state.queue = JobQueue(settings)
-    app.state.observability = Observability(app.state.read_session_factory)
     # Multipart framing adds a little to the largest upload; no other body comes near it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(LatencyMiddleware, observability=app.state.observability)
@@ -104,17 +109,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     limiter.total_tokens = (
         settings.max_requests_in_flight + settings.max_worker_requests_in_flight + POOL_HEADROOM
     )
-    task = None
+    tasks = [notify.start(app.state)]
     if settings.run_background_tasks:
-        task = asyncio.create_task(reaper.run_forever(app.state.session_factory, settings, app.state.queue))
+        tasks.append(
+            asyncio.create_task(reaper.run_forever(app.state.session_factory, settings, app.state.queue))
+        )
     try:
         yield
     finally:
-        if task is not None:
+        for task in filter(None, tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         app.state.queue.close()
+        app.state.observability.close()
         app.state.engine.dispose()
         app.state.read_engine.dispose()
         app.state.worker_engine.dispose()

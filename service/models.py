@@ -205,7 +205,12 @@ class JobMetadata(Base):
 
 class Metric(Base):
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("job_id", "step", "name"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "step", "name"),
+        # Chart reads (one name's series, in step order; downsampled per name): an index-only scan on
+        # Postgres, which carries the value in the index.
+        Index("ix_metrics_job_id_name_step", "job_id", "name", "step", postgresql_include=["value"]),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

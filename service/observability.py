@@ -1,15 +1,20 @@
-"""Prometheus metrics: jobs by state (read from the database at scrape), request latency, ingestion counts.
+"""Prometheus metrics: jobs by state (read from the database at scrape), request latency by route,
+ingestion counts, SSE subscribers.
 
-One registry per app, so that tests building many apps never collide on metric names.
+One registry per app, so that tests building many apps never collide on metric names. Under
+``rlft serve --workers N`` every API process writes its counters, histograms and gauges to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when that variable is set before
+the processes start); a scrape of any process then answers the sums over all of them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,8 +38,18 @@ class JobsByState(Collector):
         yield family
 
 
+# prometheus-client's own variable: its value class is chosen from it when the library is first imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, when the processes were started in it."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 class Observability:
     def __init__(self, factory: sessionmaker[Session]):
+        # What this process records; in multiprocess mode the values live in files, not in this registry.
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "rlft_http_request_duration_seconds",
@@ -45,7 +60,30 @@ class Observability:
         self.ingested = Counter(
             "rlft_ingested_total", "Items ingested from workers.", ["kind"], registry=self.registry
         )
-        self.registry.register(JobsByState(factory))
+        self.sse_subscribers = Gauge(
+            "rlft_sse_subscribers",
+            "Open SSE event streams (summed over the live API processes).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.jobs = JobsByState(factory)
+        self.registry.register(self.jobs)
+
+    def scrape_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` answers: this process's registry, or every process's files summed."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        # Read from the database, once: not a per-process value to add up.
+        registry.register(self.jobs)
+        return registry
+
+    def close(self) -> None:
+        """A process that stops leaves its gauges out of the live sums (counters keep what it counted)."""
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class LatencyMiddleware:

@@ -36,4 +36,5 @@ def _database_ok(request: Request) -> bool:
 
 @router.get("/metrics", response_class=Response, dependencies=[MetricsAuth])
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.observability.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.observability.scrape_registry()
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
