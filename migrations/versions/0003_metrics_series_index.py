@@ -1,7 +1,7 @@
 """An index for chart reads of metrics: (job_id, name, step), carrying the value on Postgres (issue 16).
 
 Revision ID: 0003
-Revises: 0001 (main has 0002_sample_components since this branch began: on merge, this revises 0002)
+Revises: 0002
 Create Date: 2026-12-02 01:45:00
 """
 
