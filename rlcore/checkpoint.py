@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlcore.errors import RLFTError
+
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 
@@ -117,6 +119,23 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
     return sorted(dirs, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
+
+
+def find_resume(output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None):
+    """Where a run resumes from: ``(checkpoint or None, newer checkpoints that did not verify)``.
+
+    ``resume`` is False/None (start afresh), True (the newest valid checkpoint in ``output_dir``) or a
+    checkpoint directory, which must verify."""
+    if resume is False or resume is None:
+        return None, []
+    if resume is not True:
+        path = Path(resume)
+        if verify(path) is None:
+            raise RLFTError(
+                f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid"
+            )
+        return path, []
+    return latest_valid(output_dir)
 
 
 def latest_valid(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
