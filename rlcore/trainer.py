@@ -66,6 +66,7 @@ class Batch:
     old_values: torch.Tensor | None
     returns: torch.Tensor | None
     mask: torch.Tensor  # response mask with skipped samples zeroed
+    kl: torch.Tensor | None = None  # KL to the reference at rollout time, when it penalises the reward
 
 
 def train(
@@ -373,6 +374,7 @@ class Trainer:
         token_rewards = torch.zeros(resp.shape, dtype=torch.float32, device=resp.device)
         last = (resp.sum(dim=1) - 1).clamp(min=0)
         token_rewards[torch.arange(len(last)), last] = self._normalize_rewards(scores, keep)
+        kl = None
         if kl_in_reward:
             kl = alg.kl_estimate(logp, ref_logprobs, hp.kl_estimator)
             token_rewards -= self.kl_ctl.value * kl * resp
@@ -391,7 +393,7 @@ class Trainer:
         if self.is_ppo and hp.whiten_advantages:
             advantages = alg.masked_whiten(advantages, mask)
         advantages = advantages * mask
-        return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask)
+        return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask, kl)
 
     def _micro_slices(self, n: int):
         size = self.micro_batch_size
@@ -434,8 +436,7 @@ class Trainer:
 
     def _minibatch_step(self, batch: Batch, idx: torch.Tensor) -> dict[str, float]:
         hp = self.hp
-        mb_mask = batch.mask[idx]
-        mb_tokens = mb_mask.sum().clamp(min=1)
+        mb_tokens = batch.mask[idx].sum().clamp(min=1)
         slices = self._micro_slices(len(idx))
         metrics: dict[str, float] = {}
         for i, s in enumerate(slices):
@@ -459,10 +460,7 @@ class Trainer:
                 self.acc.backward(loss * weight)
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) * float(weight)
-        norms = self._clip_and_step()
-        metrics["optim/grad_norm"] = norms[0]
-        if len(norms) > 1:
-            metrics["optim/value_grad_norm"] = norms[1]
+        metrics.update(zip(("optim/grad_norm", "optim/value_grad_norm"), self._clip_and_step(), strict=False))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
@@ -563,6 +561,8 @@ class Trainer:
                 if self.world > 1
                 else v
             )
+        if batch.kl is not None:  # the rollout's KL, not the updates' (they drift over epochs)
+            m["kl/mean"] = self.acc.reduce(alg.masked_mean(batch.kl, batch.mask), reduction="mean").item()
         m.update(reward)
         return m
 
