@@ -150,16 +150,18 @@ class Hyperparameters(_Frozen):
         ge=1,
         le=100,
         description=(
-            "Passes over each rollout batch. Default: ppo 4 (CleanRL, TRL's PPO: later passes move the "
-            "ratio off 1 so that clipping acts), grpo 1 (single pass, as DeepSeekMath and TRL's GRPO)."
+            "Passes over each rollout batch. Default: ppo 4 (CleanRL, TRL's PPO: old log-probs are taken "
+            "before the first pass, so later passes move the ratio off 1 and clipping acts), grpo 1 (single "
+            "pass, as DeepSeekMath and TRL's GRPO)."
         ),
     )
     minibatch_size: int | None = Field(
         None,
         ge=1,
         description=(
-            "Samples per optimizer step. Default: ppo a quarter of the rollout batch (CleanRL's 4 "
-            "minibatches; a half or the whole batch when a quarter does not divide), grpo the whole batch."
+            "Samples per optimizer step (default: the whole rollout batch, TRL's num_mini_batches=1: with "
+            "ppo's 4 epochs, 4 optimizer steps per rollout; 4 minibatches, as CleanRL, collapsed more often "
+            "on small batches, see BENCHMARKS.md)."
         ),
     )
     micro_batch_size: int | None = Field(
@@ -189,7 +191,14 @@ class Hyperparameters(_Frozen):
             "second minibatch of a rollout on, once the critic has moved away from the rollout's values."
         ),
     )
-    whiten_advantages: bool = Field(True, description="PPO: whiten advantages over the batch.")
+    whiten_advantages: bool | None = Field(
+        None,
+        description=(
+            "PPO: whiten advantages over the batch. Default: on when reward_norm is 'none', off otherwise: "
+            "normalised rewards already give advantages unit scale, and whitening a batch whose rewards "
+            "barely differ (a task not found yet, or one solved) blows the critic's noise up to unit size."
+        ),
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scaling.")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean")
     seed: int = Field(0, ge=0, description="Seeds sampling, initialisation and data order.")
@@ -275,8 +284,8 @@ class JobSpec(_Frozen):
                 hp["kl_estimator"] = "k1" if hp["kl_in"] == "reward" else "k3"
             if algo == "ppo" and "group_size" not in hp:
                 hp["group_size"] = 1
-            # What makes PPO PPO (several passes over minibatches, scaled rewards, a critic); GRPO keeps
-            # its single pass over the whole batch. See the fields' descriptions for the sources.
+            # What makes PPO PPO (several passes over each rollout, scaled rewards, a critic); GRPO keeps
+            # its single pass. The fields' descriptions give the sources and measurements.
             ppo = algo == "ppo"
             if hp.get("epochs_per_rollout") is None:
                 hp["epochs_per_rollout"] = 4 if ppo else 1
@@ -284,18 +293,8 @@ class JobSpec(_Frozen):
                 hp["reward_norm"] = "running" if ppo else "none"
             if ppo and hp.get("value_model") is None:
                 hp["value_model"] = "separate"
-            if ppo and hp.get("minibatch_size") is None:
-                # A quarter of the rollout (CleanRL's 4 minibatches), else a half, else the whole batch;
-                # one that micro_batch_size divides. Invalid sizes are left to field validation.
-                fields = Hyperparameters.model_fields
-                sizes = [hp.get(k, fields[k].default) for k in ("prompts_per_step", "group_size")]
-                micro = hp.get("micro_batch_size")
-                if all(type(v) is int and v >= 1 for v in sizes) and type(micro) in (int, type(None)):
-                    batch = sizes[0] * sizes[1]
-                    for parts in (4, 2):
-                        if batch % parts == 0 and (micro is None or (batch // parts) % micro == 0):
-                            hp["minibatch_size"] = batch // parts
-                            break
+            if hp.get("whiten_advantages") is None:
+                hp["whiten_advantages"] = hp["reward_norm"] == "none"
             data = {**data, "hyperparameters": hp}
         return data
 

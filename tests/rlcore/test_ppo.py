@@ -43,12 +43,12 @@ def _run(spec, tmp_path, **kw):
 def test_defaults_make_ppo_clip_and_value_clip_act(tmp_path, tiny_model_path):
     spec = make_spec(tiny_model_path, "ppo", steps=2)
     hp = spec.hyperparameters
-    assert (hp.epochs_per_rollout, hp.minibatch_size, hp.reward_norm) == (4, 1, "running")
+    assert (hp.epochs_per_rollout, hp.minibatch_size, hp.reward_norm) == (4, None, "running")
     trainer, rec = _run(spec, tmp_path)
     trainer.run(lambda: False)
     trainer.close()
     first = rec.steps[0]
-    # Old log-probs come from before the first update, so later minibatches see ratios != 1.
+    # Old log-probs come from before the first update, so later epochs see ratios != 1.
     assert first["policy/clipfrac"] > 0 and first["policy/approx_kl"] > 0
     assert first["value/clipfrac"] > 0
     assert first["value/mean"] == 0.0  # the zero-initialised head: V = 0 on the first rollout
