@@ -10,8 +10,9 @@ Grid: learning rate {3e-3, 1e-2, 2e-2} x completion length {8, 32} x completions
 (``benchmarks/engines.py``). PPO: ``prompts_per_step`` = completions, ``group_size`` 1; GRPO: completions / 8
 prompts x its default group of 8. Everything else is each algorithm's default (``kl_coef`` 0 in both).
 
-A run stops at the first step whose mean reward (the step's mean over all its completions, no moving
-window) is >= 0.9, or at ``--cap`` steps (300). Each run is its own process with one torch thread; at most
+"Steps to 0.9" is the first step whose mean reward (the step's mean over all its completions, no moving
+window) is >= 0.9. A run goes on until the reward has held >= 0.9 for 3 steps in a row (the learning
+test's criterion: "held"), or to ``--cap`` steps (300). Each run is its own process with one torch thread; at most
 ``--parallel`` run at once. Results are appended to ``.bench/ppo_robustness.jsonl`` as each run ends, and a
 rerun skips the runs already there, so an interrupted grid resumes. Not part of ``make test``.
 """
@@ -103,10 +104,10 @@ def run_one(run: dict) -> dict:
             reward_fn=letter_reward,
             callbacks=[Curve()],
             resume=False,
-            should_stop=lambda: bool(rewards) and rewards[-1] >= TARGET,
+            should_stop=lambda: _held(rewards) is not None,
         )
     except Interrupted:
-        pass  # stopped at the target
+        pass  # stopped once the target held
     except RLFTError as e:  # a diverged run is a result too
         error = f"{e.code}: {e}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -114,11 +115,20 @@ def run_one(run: dict) -> dict:
     return {
         **run,
         "steps_to_target": reached,
+        "steps_to_hold": _held(rewards),
         "steps_run": len(rewards),
         "rewards": rewards,
         "seconds": time.perf_counter() - t0,
         "error": error,
     }
+
+
+def _held(rewards: list[float], hold: int = 3) -> int | None:
+    """The step at which the reward had been >= the target for ``hold`` steps in a row, if it has."""
+    for i in range(hold - 1, len(rewards)):
+        if min(rewards[i - hold + 1 : i + 1]) >= TARGET:
+            return i + 1
+    return None
 
 
 def key(run: dict) -> tuple:
@@ -188,6 +198,7 @@ def run_grid(args) -> None:
         log(
             f"{run['algorithm']:4} lr={run['lr']:g} len={run['length']} n={run['completions']} "
             f"seed={run['seed']}: {result['steps_to_target'] or 'not reached'} "
+            f"(held at {result['steps_to_hold']}) "
             f"({result['steps_run']} steps, {result['seconds']:.0f} s)"
         )
 
@@ -209,8 +220,8 @@ def render_table(results: list[dict], label: str, cap: int) -> str:
             r["algorithm"], []
         ).append(r)
     lines = [
-        "| lr | length | completions/step | PPO reached | PPO steps (per seed) | PPO median "
-        "| GRPO reached | GRPO steps (per seed) | GRPO median | PPO / GRPO |",
+        "| lr | length | completions/step | PPO reached (held) | PPO steps (per seed) | PPO median "
+        "| GRPO reached (held) | GRPO steps (per seed) | GRPO median | PPO / GRPO |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     misses, slow = [], []
@@ -229,8 +240,9 @@ def render_table(results: list[dict], label: str, cap: int) -> str:
                 str(s) if s is not None else f">{r['steps_run']}" for s, r in zip(steps, runs, strict=True)
             )
             reached = sum(s is not None for s in steps)
+            held = sum(r.get("steps_to_hold") is not None for r in runs)
             med = f"{medians[algo]:g}" if medians[algo] is not None else f">{cap}"
-            cols += [f"{reached}/{len(runs)}", per_seed, med]
+            cols += [f"{reached}/{len(runs)} ({held})", per_seed, med]
         ratio = "—"
         if medians.get("ppo") and medians.get("grpo"):
             ratio = f"{medians['ppo'] / medians['grpo']:.2f}"
