@@ -12,9 +12,9 @@ prompts x its default group of 8. Everything else is each algorithm's default (`
 
 "Steps to 0.9" is the first step whose mean reward (the step's mean over all its completions, no moving
 window) is >= 0.9. A run goes on until the reward has held >= 0.9 for 3 steps in a row (the learning
-test's criterion: "held"), or to ``--cap`` steps (300). Each run is its own process with one torch thread; at most
-``--parallel`` run at once. Results are appended to ``.bench/ppo_robustness.jsonl`` as each run ends, and a
-rerun skips the runs already there, so an interrupted grid resumes. Not part of ``make test``.
+test's criterion: "held"), or to ``--cap`` steps (300). Each run is its own process with one torch
+thread; at most ``--parallel`` run at once. Results are appended to ``.bench/ppo_robustness.jsonl`` as each
+run ends, and a rerun skips the runs already there, so an interrupted grid resumes. Not part of ``make test``.
 """
 
 from __future__ import annotations
