@@ -2,9 +2,10 @@
 
 Layout of one checkpoint (``output_dir/checkpoints/step-000010/``):
   model/               the policy as a Hugging Face directory (with LoRA: the adapter; ``merged/`` on request)
-  value_model/         PPO's critic: backbone directory + value_head.safetensors
+  value_model/         PPO's critic: value_head.safetensors + its backbone directory (with LoRA: its adapter;
+                       a shared critic: the head only)
   optimizer.pt         optimizer and scheduler state (tensors and numbers only: loaded with weights_only=True)
-  trainer_state.json   step, data cursor, KL controller, RNG states
+  trainer_state.json   step, data cursor, KL controller, running reward statistics, RNG states
   manifest.json        {"step", "files": [{"path", "sha256", "size"}]} — written last
 
 A directory is renamed into place only once complete, so a crash leaves either the old set or a stray
