@@ -241,7 +241,7 @@ class Hyperparameters(_Frozen):
         description=(
             "PPO's critic: 'separate' (its own backbone, or with LoRA its own adapters on the policy's "
             "frozen base weights, plus a head) or 'shared' (a head on the policy's backbone: one backbone, "
-            "one forward, about half PPO's extra memory). Default for ppo: 'separate'."
+            "one forward: none of a second backbone's memory). Default for ppo: 'separate'."
         ),
     )
 
