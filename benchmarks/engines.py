@@ -101,7 +101,7 @@ def run_rlcore(args, rec: Recorder) -> dict:
     )
     reward: dict = {}
     if args.algorithm == "ppo":  # equal batch: 16 prompts x 1 sample instead of 2 x 8
-        hp.update(prompts_per_step=16, group_size=1)
+        hp.update(prompts_per_step=16, group_size=1, value_model=args.value_model)
     if args.reward_url:
         reward = {
             "url": args.reward_url,
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--algorithm", choices=["grpo", "ppo"], default="grpo")
+    p.add_argument("--value-model", choices=["separate", "shared"], default="separate", help="PPO's critic")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-2)

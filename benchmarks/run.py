@@ -130,21 +130,32 @@ def ratios(pairs: list[dict], key: str) -> list[float]:
 
 
 def memory_grpo_vs_ppo(args, model: str) -> dict:
-    out: dict[str, list[float]] = {"grpo": [], "ppo": []}
+    return memory_by_variant(args, model, ["grpo", "ppo"])
+
+
+# A variant: the algorithm, and for PPO the critic (``ppo`` is the default, separate critic).
+VARIANTS = {"grpo": ("grpo", None), "ppo": ("ppo", "separate"), "ppo_shared": ("ppo", "shared")}
+
+
+def memory_by_variant(args, model: str, variants: list[str]) -> dict:
+    """Peak RSS (MiB) of each variant's own process, at equal batch (16 completions), order alternated."""
+    out: dict[str, list[float]] = {v: [] for v in variants}
     for rep in range(args.mem_repeats):
-        for algo in ["grpo", "ppo"] if rep % 2 == 0 else ["ppo", "grpo"]:
+        for variant in variants if rep % 2 == 0 else variants[::-1]:
+            algo, value_model = VARIANTS[variant]
             run = _child(
                 "rlcore",
                 model,
-                f"mem-{algo}-{rep}",
+                f"mem-{variant}-{rep}",
                 args.threads,
                 steps=3,
                 seed=rep,
                 lr=args.lr,
                 algorithm=algo,
+                value_model=value_model,
             )
-            out[algo].append(run["peak_rss_bytes"] / 2**20)
-            log(f"  memory {algo} rep {rep}: {out[algo][-1]:.0f} MiB")
+            out[variant].append(run["peak_rss_bytes"] / 2**20)
+            log(f"  memory {variant} rep {rep}: {out[variant][-1]:.0f} MiB")
     return out
 
 

@@ -2,9 +2,10 @@
 
 Layout of one checkpoint (``output_dir/checkpoints/step-000010/``):
   model/               the policy as a Hugging Face directory (with LoRA: the adapter; ``merged/`` on request)
-  value_model/         PPO's critic: backbone directory + value_head.safetensors
+  value_model/         PPO's critic: value_head.safetensors + its backbone directory (with LoRA: its adapter;
+                       a shared critic: the head only)
   optimizer.pt         optimizer and scheduler state (tensors and numbers only: loaded with weights_only=True)
-  trainer_state.json   step, data cursor, KL controller, RNG states
+  trainer_state.json   step, data cursor, KL controller, running reward statistics, RNG states
   manifest.json        {"step", "files": [{"path", "sha256", "size"}]} — written last
 
 A directory is renamed into place only once complete, so a crash leaves either the old set or a stray
@@ -21,6 +22,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rlcore.errors import RLFTError
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -117,6 +120,23 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
     return sorted(dirs, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
+
+
+def find_resume(output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None):
+    """Where a run resumes from: ``(checkpoint or None, newer checkpoints that did not verify)``.
+
+    ``resume`` is False/None (start afresh), True (the newest valid checkpoint in ``output_dir``) or a
+    checkpoint directory, which must verify."""
+    if resume is False or resume is None:
+        return None, []
+    if resume is not True:
+        path = Path(resume)
+        if verify(path) is None:
+            raise RLFTError(
+                f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid"
+            )
+        return path, []
+    return latest_valid(output_dir)
 
 
 def latest_valid(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:

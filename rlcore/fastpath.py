@@ -222,6 +222,12 @@ def lean_forward_supported(model, input_ids: torch.Tensor) -> bool:
 
 def lean_logits(model, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` positions, (B, keep, V): the HF forward's arithmetic, differentiable."""
+    hidden = lean_hidden(model, input_ids, attention_mask, position_ids, keep)
+    return torch.nn.functional.linear(hidden, model.lm_head.weight, model.lm_head.bias)
+
+
+def lean_hidden(model, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+    """Final (normed) hidden states of the last ``keep`` positions, (B, keep, H), differentiable."""
     F = torch.nn.functional
     cfg, inner = model.config, model.model
     B, L = input_ids.shape
@@ -254,8 +260,7 @@ def lean_logits(model, input_ids, attention_mask, position_ids, keep: int) -> to
         x = x + F.linear(
             F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight), mlp.down_proj.weight
         )
-    x = _rms_norm(x[:, -keep:], inner.norm.weight, inner.norm.variance_epsilon)
-    return F.linear(x, model.lm_head.weight, model.lm_head.bias)
+    return _rms_norm(x[:, -keep:], inner.norm.weight, inner.norm.variance_epsilon)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

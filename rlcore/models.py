@@ -8,10 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlcore.critic import load_critic
 from rlcore.errors import ConfigError, ModelLoadError
-from rlcore.spec import Algorithm, JobSpec, ModelSpec
-
-VALUE_HEAD_FILE = "value_head.safetensors"
+from rlcore.spec import JobSpec, ModelSpec
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -72,48 +71,6 @@ def apply_lora(model: nn.Module, spec: ModelSpec) -> nn.Module:
     return get_peft_model(model, config)
 
 
-class ValueModel(nn.Module):
-    """A causal-LM backbone with a scalar head: V(s_t) for every position (PPO's critic)."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        hidden = backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 1, dtype=next(backbone.parameters()).dtype)
-        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, num_last: int) -> torch.Tensor:
-        """Values of the last ``num_last`` positions: (B, num_last), float32."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        hidden = out.last_hidden_state[:, -num_last:]
-        return self.head(hidden).squeeze(-1).float()
-
-    def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        self.backbone.save_pretrained(path, safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
-
-    def load_head(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
-
-
-def load_value_model(name_or_path: str, revision: str | None, dtype: torch.dtype) -> ValueModel:
-    from transformers import AutoModel
-
-    try:
-        backbone = AutoModel.from_pretrained(name_or_path, revision=revision, dtype=dtype)
-    except Exception as e:
-        raise ModelLoadError(f"could not load the value model backbone {name_or_path!r}: {e}") from e
-    value = ValueModel(backbone)
-    if (Path(name_or_path) / VALUE_HEAD_FILE).exists():
-        value.load_head(Path(name_or_path))
-    return value
-
-
 class Reference:
     """The frozen reference policy π_ref: a second copy, or, with LoRA, the same model with adapters off."""
 
@@ -138,9 +95,9 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def load_models(spec: JobSpec, device: torch.device, mixed_bf16: bool, resume_dir: Path | None):
-    """The policy (with LoRA when asked), the reference (None when ``kl_coef == 0``) and PPO's value model,
-    from ``resume_dir`` when resuming. Weights load in float32 for ``dtype="auto"`` (mixed precision trains
-    in bf16 on a GPU through accelerate); the frozen reference may stay in bf16."""
+    """The policy (with LoRA when asked), the reference (None when ``kl_coef == 0``) and PPO's critic
+    (``rlcore.critic``), from ``resume_dir`` when resuming. Weights load in float32 for ``dtype="auto"``
+    (mixed precision trains in bf16 on a GPU through accelerate); the frozen reference may stay in bf16."""
     model = spec.model
     dtype = torch.float32 if model.dtype == "auto" else resolve_dtype(model.dtype, device)
     if resume_dir is not None and model.lora is None:
@@ -163,12 +120,4 @@ def load_models(spec: JobSpec, device: torch.device, mixed_bf16: bool, resume_di
             reference = Reference(
                 freeze(load_causal_lm(model.name_or_path, model.revision, ref_dtype)).to(device)
             )
-    value = None
-    if spec.algorithm is Algorithm.PPO:
-        path = (
-            str(resume_dir / "value_model")
-            if resume_dir
-            else (model.value_name_or_path or model.name_or_path)
-        )
-        value = load_value_model(path, None, dtype)
-    return policy, reference, value
+    return policy, reference, load_critic(spec, policy, dtype, resume_dir)

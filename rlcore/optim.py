@@ -12,7 +12,9 @@ from rlcore.spec import Hyperparameters
 def make_optimizer(policy: torch.nn.Module, value: torch.nn.Module | None, hp: Hyperparameters):
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": hp.learning_rate}]
     if value is not None:
-        groups.append({"params": list(value.parameters()), "lr": hp.value_learning_rate or hp.learning_rate})
+        # Only the critic's own trainable tensors: a LoRA critic's frozen base weights are the policy's.
+        params = [p for p in value.parameters() if p.requires_grad]
+        groups.append({"params": params, "lr": hp.value_learning_rate or hp.learning_rate})
     return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
 
 

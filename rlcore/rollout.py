@@ -11,7 +11,7 @@ import torch
 from transformers import GenerationConfig
 
 from rlcore.algorithms import entropy_from_logits, logprobs_from_logits
-from rlcore.fastpath import fast_sample, fast_sampling_supported, lean_forward_supported, lean_logits
+from rlcore.fastpath import fast_sample, fast_sampling_supported, lean_forward_supported, lean_hidden
 
 
 @dataclass
@@ -144,18 +144,65 @@ def _rollout_from(
     )
 
 
-def completion_logits(model, input_ids, attention_mask, position_ids, num_completion: int) -> torch.Tensor:
-    """Logits that predict the completion tokens only: (B, T, V). The prompt's logits are never computed."""
+def completion_logits(
+    model, input_ids, attention_mask, position_ids, num_completion: int, with_hidden: bool = False
+):
+    """Logits that predict the completion tokens only: (B, T, V). The prompt's logits are never computed.
+
+    With ``with_hidden``, ``(logits, hidden)``: also the final hidden states (B, T, H) at the same positions,
+    the states s_t a value head on the policy's backbone scores (PPO's shared critic)."""
+    keep = num_completion + 1
     if lean_forward_supported(model, input_ids):
-        return lean_logits(model, input_ids, attention_mask, position_ids, num_completion + 1)[:, :-1]
+        hidden = lean_hidden(model, input_ids, attention_mask, position_ids, keep)
+        logits = torch.nn.functional.linear(hidden, model.lm_head.weight, model.lm_head.bias)[:, :-1]
+        return (logits, hidden[:, :-1]) if with_hidden else logits
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        logits_to_keep=num_completion + 1,
+        logits_to_keep=keep,
         use_cache=False,
+        output_hidden_states=with_hidden,
     )
+    if with_hidden:
+        return out.logits[:, :-1], out.hidden_states[-1][:, -keep:-1]
     return out.logits[:, :-1]
+
+
+@dataclass
+class PolicyOutputs:
+    """One forward of the policy over a rollout's completion columns: all (B, T) except ``hidden``."""
+
+    logprobs: torch.Tensor  # log π(o_t | q, o_<t), float32, differentiable
+    entropy: torch.Tensor | None = None  # differentiable only when asked (entropy bonus)
+    hidden: torch.Tensor | None = None  # (B, T, H) final hidden states, for a shared critic
+
+
+def policy_outputs(
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    num_completion: int,
+    temperature: float,
+    chunk_size: int,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    with_hidden: bool = False,
+) -> PolicyOutputs:
+    """Log-probs of the sampled tokens, and on request their entropy and the hidden states, in one forward."""
+    out = completion_logits(model, input_ids, attention_mask, position_ids, num_completion, with_hidden)
+    logits, hidden = out if with_hidden else (out, None)
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, -num_completion:]
+    logprobs = logprobs_from_logits(logits, labels, chunk_size=chunk_size)
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            src = logits if entropy_grad else logits.detach()
+            entropy = entropy_from_logits(src, chunk_size=chunk_size)
+    return PolicyOutputs(logprobs, entropy, hidden)
 
 
 def token_logprobs(
@@ -169,13 +216,7 @@ def token_logprobs(
     with_entropy: bool = False,
 ):
     """Log π(o_t | q, o_<t) of the sampled tokens, (B, T); and optionally the entropy (B, T), detached."""
-    logits = completion_logits(model, input_ids, attention_mask, position_ids, num_completion)
-    if temperature != 1.0:
-        logits = logits / temperature
-    labels = input_ids[:, -num_completion:]
-    logprobs = logprobs_from_logits(logits, labels, chunk_size=chunk_size)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach(), chunk_size=chunk_size)
-    return logprobs, entropy
+    out = policy_outputs(
+        model, input_ids, attention_mask, position_ids, num_completion, temperature, chunk_size, with_entropy
+    )
+    return out.logprobs, out.entropy

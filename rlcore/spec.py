@@ -550,9 +550,25 @@ class Hyperparameters(_Frozen):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant")
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Linear warmup, in optimizer steps.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
-    epochs_per_rollout: int = Field(1, ge=1, le=100, description="Passes over each rollout batch.")
+    epochs_per_rollout: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description=(
+            "Passes over each rollout batch. Default: ppo 4 (CleanRL, TRL's PPO: old log-probs are taken "
+            "before the first pass, so later passes move the ratio off 1 and clipping acts), grpo 1 (single "
+            "pass, as DeepSeekMath and TRL's GRPO)."
+        ),
+    )
     minibatch_size: int | None = Field(
-        None, ge=1, le=2**26, description="Samples per optimizer step (default: the whole rollout batch)."
+        None,
+        ge=1,
+        le=2**26,
+        description=(
+            "Samples per optimizer step (default: the whole rollout batch, TRL's num_mini_batches=1: with "
+            "ppo's 4 epochs, 4 optimizer steps per rollout; 4 minibatches, as CleanRL, collapsed more often "
+            "on small batches, see BENCHMARKS.md)."
+        ),
     )
     micro_batch_size: int | None = Field(
         None,
@@ -576,8 +592,22 @@ class Hyperparameters(_Frozen):
     gamma: float = Field(1.0, ge=0, le=1, description="PPO discount.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO GAE lambda.")
     vf_coef: float = Field(0.1, ge=0, description="PPO value loss coefficient.")
-    value_clip: float | None = Field(0.2, gt=0, description="PPO value clipping range (None: off).")
-    whiten_advantages: bool = Field(True, description="PPO: whiten advantages over the batch.")
+    value_clip: float | None = Field(
+        0.2,
+        gt=0,
+        description=(
+            "PPO value clipping range, in units of the (normalised) reward (None: off). It acts from the "
+            "second minibatch of a rollout on, once the critic has moved away from the rollout's values."
+        ),
+    )
+    whiten_advantages: bool | None = Field(
+        None,
+        description=(
+            "PPO: whiten advantages over the batch. Default: on when reward_norm is 'none', off otherwise: "
+            "normalised rewards already give advantages unit scale, and whitening a batch whose rewards "
+            "barely differ (a task not found yet, or one solved) blows the critic's noise up to unit size."
+        ),
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scaling.")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean")
     seed: int = Field(
@@ -594,6 +624,42 @@ class Hyperparameters(_Frozen):
         description="Tokens per chunk in the memory-light log-softmax over the vocabulary.",
     )
     samples_per_step: int = Field(16, ge=0, le=4096, description="Per-sample records reported each step.")
+    # PPO robustness (issue 12)
+    reward_norm: Literal["none", "batch", "running"] | None = Field(
+        None,
+        description=(
+            "PPO: scale sequence rewards before GAE to (r - mean) / std, with the statistics of this batch "
+            "('batch') or of every batch so far ('running', kept in the checkpoint; OpenRLHF's "
+            "normalize_reward). Default: ppo 'running', so the critic's targets have unit scale whatever "
+            "the reward's; grpo 'none' (its advantages are scaled per group, see scale_rewards)."
+        ),
+    )
+    critic_warmup_steps: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "PPO: the first N steps update the critic only (the policy does not move), so that its values "
+            "fit the returns before they shape advantages (OpenRLHF's freezing_actor_steps)."
+        ),
+    )
+    entropy_coef: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Entropy bonus: the loss subtracts entropy_coef x the mean token entropy (CleanRL's ent_coef). "
+            "0 keeps the entropy a metric only."
+        ),
+    )
+    value_model: Literal["separate", "shared"] | None = Field(
+        None,
+        description=(
+            "PPO's critic: 'separate' (its own backbone, or with LoRA its own adapters on the policy's "
+            "frozen base weights, plus a head) or 'shared' (a head on the policy's backbone: one backbone, "
+            "one forward: none of a second backbone's memory). Default for ppo: 'separate'."
+        ),
+    )
 
 
 class ResourcesSpec(_Frozen):
@@ -661,12 +727,40 @@ class JobSpec(_Frozen):
                 hp["kl_estimator"] = "k1" if hp["kl_in"] == "reward" else "k3"
             if algo == "ppo" and "group_size" not in hp:
                 hp["group_size"] = 1
+            # What makes PPO PPO (several passes over each rollout, scaled rewards, a critic); GRPO keeps
+            # its single pass. The fields' descriptions give the sources and measurements.
+            ppo = algo == "ppo"
+            if hp.get("epochs_per_rollout") is None:
+                hp["epochs_per_rollout"] = 4 if ppo else 1
+            if hp.get("reward_norm") is None:
+                hp["reward_norm"] = "running" if ppo else "none"
+            if ppo and hp.get("value_model") is None:
+                hp["value_model"] = "separate"
+            if hp.get("whiten_advantages") is None:
+                hp["whiten_advantages"] = hp["reward_norm"] == "none"
             data = {**data, "hyperparameters": hp}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         hp = self.hyperparameters
+        if self.algorithm is not Algorithm.PPO:
+            for name, off in (("reward_norm", "none"), ("value_model", None), ("critic_warmup_steps", 0)):
+                if getattr(hp, name) != off:
+                    raise ValueError(
+                        f"hyperparameters.{name} is used by ppo only: remove it "
+                        "(grpo scales rewards per group, see scale_rewards, and has no critic)"
+                    )
+        if hp.value_model == "shared" and self.model.value_name_or_path:
+            raise ValueError(
+                "model.value_name_or_path needs hyperparameters.value_model='separate' "
+                "(a shared critic is a head on the policy's backbone)"
+            )
+        if hp.minibatch_size and hp.minibatch_size > self.rollout_batch_size:
+            raise ValueError(
+                f"hyperparameters.minibatch_size ({hp.minibatch_size}) is larger than the rollout "
+                f"(prompts_per_step * group_size = {self.rollout_batch_size}): lower it"
+            )
         if self.algorithm is Algorithm.GRPO and hp.group_size < 2:
             raise ValueError(
                 "hyperparameters.group_size must be at least 2 for grpo "

@@ -1,4 +1,5 @@
-"""Training state beyond the weights: step, data cursor, KL controller, RNG; and the reward log.
+"""Training state beyond the weights: step, data cursor, KL controller, running reward statistics, RNG;
+and the reward log.
 
 Everything here is JSON: resuming never unpickles a file.
 """
@@ -25,6 +26,9 @@ class TrainerState:
     cursor: dict[str, int] = field(default_factory=dict)
     kl: dict[str, float] = field(default_factory=dict)
     rng: list[dict[str, Any]] = field(default_factory=list)  # one per process (rank)
+    # PPO's running reward moments [count, mean, M2] (float64: exact through JSON). Critic warm-up needs
+    # nothing here: it is the first critic_warmup_steps steps, and ``step`` says where the run is.
+    reward_moments: list[float] = field(default_factory=list)
 
     def save(self, directory: Path) -> None:
         (directory / STATE_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")

@@ -6,14 +6,16 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
    reward (k1 by default, as Ziegler et al. 2019 and OpenRLHF), each switchable with ``kl_in``.
 2. Losses are aggregated over tokens of the whole minibatch (``token_mean``, TRL's "dapo") by default
    rather than per sequence first (the seed's 1/|o|); the per-sequence modes are selectable.
-3. With one epoch and one minibatch per rollout the old log-probs are the detached current ones (no second
-   forward), so the ratio is exactly 1 and PPO-clip reduces to the policy gradient, as in TRL.
+3. With one epoch and one minibatch per rollout (GRPO's default) the old log-probs are the detached current
+   ones (no second forward), so the ratio is exactly 1 and PPO-clip reduces to the policy gradient, as in
+   TRL. PPO's defaults (several epochs over minibatches) take them in a forward before any update.
 4. Under data parallelism each rank aggregates its own tokens and gradients are averaged across ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import time
@@ -26,12 +28,13 @@ import torch
 from rlcore import algorithms as alg
 from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback, CallbackList
+from rlcore.critic import SHARED, policy_and_values, value_metrics
 from rlcore.data import PromptCursor, load_rows, render_prompt
 from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
 from rlcore.rewards import component_metrics, make_job_scorer
-from rlcore.rollout import Rollout, generate, token_logprobs
+from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
 from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
 
@@ -63,6 +66,7 @@ class Batch:
     old_values: torch.Tensor | None
     returns: torch.Tensor | None
     mask: torch.Tensor  # response mask with skipped samples zeroed
+    kl: torch.Tensor | None = None  # KL to the reference at rollout time, when it penalises the reward
 
 
 def train(
@@ -131,6 +135,12 @@ class Trainer:
         self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
         self.cursor = PromptCursor(len(self.rows), self.hp.seed)
         self.kl_ctl = alg.make_kl_controller(self.hp.kl_coef, self.hp.kl_target, self.hp.kl_horizon)
+        self._forward = functools.partial(  # the policy (and critic) on micro-batches of a rollout
+            policy_and_values,
+            shared=self.hp.value_model == SHARED,
+            temperature=self.hp.temperature,
+            chunk_size=self.hp.logprob_chunk_size,
+        )
         self.scorer = make_job_scorer(
             spec,
             reward_fn=reward_fn,
@@ -141,22 +151,14 @@ class Trainer:
         )
         self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
         self.state = TrainerState(step=0)
+        self.reward_moments = alg.empty_moments()  # running reward statistics (reward_norm="running")
         if self.resume_dir is not None:
             self._restore(self.resume_dir)
 
     # ---- setup -------------------------------------------------------------------------------------------
 
     def _find_resume(self, resume) -> Path | None:
-        if resume is False or resume is None:
-            return None
-        if isinstance(resume, (str, Path)) and resume is not True:
-            path = Path(resume)
-            if ckpt.verify(path) is None:
-                raise RLFTError(
-                    f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid"
-                )
-            return path
-        found, broken = ckpt.latest_valid(self.output_dir)
+        found, broken = ckpt.find_resume(self.output_dir, resume)
         for b in broken:
             self._event("warning", f"skipping checkpoint {b.name}: its manifest does not verify")
         return found
@@ -168,13 +170,9 @@ class Trainer:
         optimizer = make_optimizer(policy, value, self.hp)
         total = self.hp.steps * self.hp.epochs_per_rollout * self.num_minibatches
         scheduler = make_scheduler(optimizer, self.hp, total)
-        if value is not None:
-            self.policy, self.value, self.optimizer, self.scheduler = self.acc.prepare(
-                policy, value, optimizer, scheduler
-            )
-        else:
-            self.policy, self.optimizer, self.scheduler = self.acc.prepare(policy, optimizer, scheduler)
-            self.value = None
+        models = [policy] if value is None else [policy, value]
+        *models, self.optimizer, self.scheduler = self.acc.prepare(*models, optimizer, scheduler)
+        self.policy, self.value = models[0], (models[1] if value is not None else None)
 
     @property
     def num_minibatches(self) -> int:
@@ -197,6 +195,7 @@ class Trainer:
         self.state = TrainerState.load(directory)
         self.cursor.load_state_dict(self.state.cursor)
         self.kl_ctl.load_state_dict(self.state.kl)
+        self.reward_moments = torch.tensor(self.state.reward_moments or [0.0] * 3, dtype=torch.float64)
         restore_rng(self.state.rng[self.rank] if self.rank < len(self.state.rng) else self.state.rng[0])
         self._event(
             "info",
@@ -373,23 +372,25 @@ class Trainer:
         hp = self.hp
         mask = rollout.response_mask * keep[:, None].long()
         need_old = hp.epochs_per_rollout > 1 or self.num_minibatches > 1
-        old_logprobs = self._forward_all(self.policy, rollout) if need_old else None
+        kl_in_reward = self.reference is not None and hp.kl_in == "reward"
+        logp, old_values = self._forward_all(self.policy, rollout, need_old or kl_in_reward, self.value)
         ref_logprobs = None
         if self.reference is not None:
             with self.reference.active() as ref_model:
-                ref_logprobs = self._forward_all(ref_model, rollout)
-        # Token rewards (B, T): the sequence reward on the last completion token, minus the KL penalty on
-        # every token when KL acts in the reward. Skipped samples keep their group-mean fill here, so they
-        # move no other sample's advantage, and are masked out afterwards.
+                ref_logprobs, _ = self._forward_all(ref_model, rollout)
+        # Token rewards (B, T): the (normalised) sequence reward on the last completion token, minus the KL
+        # penalty on every token when KL acts in the reward. Skipped samples keep their group-mean fill
+        # here, so they move no other sample's advantage, and are masked out afterwards.
         resp = rollout.response_mask
         token_rewards = torch.zeros(resp.shape, dtype=torch.float32, device=resp.device)
         last = (resp.sum(dim=1) - 1).clamp(min=0)
-        token_rewards[torch.arange(len(last)), last] = scores
-        if ref_logprobs is not None and hp.kl_in == "reward":
-            logp = old_logprobs if old_logprobs is not None else self._forward_all(self.policy, rollout)
+        token_rewards[torch.arange(len(last)), last] = self._normalize_rewards(scores, keep)
+        kl = None
+        if kl_in_reward:
             kl = alg.kl_estimate(logp, ref_logprobs, hp.kl_estimator)
             token_rewards -= self.kl_ctl.value * kl * resp
-        old_values = self._values_all(rollout) * resp if self.is_ppo else None
+        old_logprobs = logp if need_old else None
+        old_values = old_values * resp if old_values is not None else None
         estimator = alg.get_advantage_estimator(ADVANTAGE_ESTIMATORS[self.spec.algorithm])
         advantages, returns = estimator(
             token_rewards,
@@ -403,37 +404,30 @@ class Trainer:
         if self.is_ppo and hp.whiten_advantages:
             advantages = alg.masked_whiten(advantages, mask)
         advantages = advantages * mask
-        return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask)
+        return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask, kl)
 
     def _micro_slices(self, n: int):
         size = self.micro_batch_size
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def _forward_all(self, model, rollout: Rollout) -> torch.Tensor:
-        outs = []
-        for s in self._micro_slices(rollout.input_ids.shape[0]):
-            lp, _ = token_logprobs(
-                model,
-                rollout.input_ids[s],
-                rollout.attention_mask[s],
-                rollout.position_ids[s],
-                rollout.num_completion_columns,
-                self.hp.temperature,
-                self.hp.logprob_chunk_size,
-            )
-            outs.append(lp.float())
-        return torch.cat(outs)
-
-    def _values_all(self, rollout: Rollout) -> torch.Tensor:
-        T = rollout.num_completion_columns
-        return torch.cat(
-            [self._values(rollout, s, T) for s in self._micro_slices(rollout.input_ids.shape[0])]
+    def _normalize_rewards(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Sequence rewards (B,) under ``reward_norm``, with statistics over every rank's kept samples."""
+        if self.hp.reward_norm == "none":
+            return scores
+        everyone, kept = self.acc.gather(scores), self.acc.gather(keep)
+        normed, self.reward_moments = alg.normalize_rewards(
+            everyone, self.reward_moments, self.hp.reward_norm, observed=kept
         )
+        return normed[self.rank * len(scores) : (self.rank + 1) * len(scores)]
 
-    def _values(self, rollout: Rollout, s: slice, T: int) -> torch.Tensor:
-        # V(s_t) for the state before completion token t: the hidden state at the previous position.
-        v = self.value(rollout.input_ids[s], rollout.attention_mask[s], rollout.position_ids[s], T + 1)
-        return v[:, :-1]
+    def _forward_all(self, model, rollout: Rollout, logprobs: bool = True, critic=None):
+        """No-grad log-probs (B, T) of ``model`` (None unless ``logprobs``), values (B, T) of ``critic``."""
+        outs, values = [], []
+        for s in self._micro_slices(rollout.input_ids.shape[0]):
+            out, v = self._forward(model, critic, rollout, s, logprobs=logprobs)
+            outs += [out.logprobs.float()] if out is not None else []
+            values += [v] if v is not None else []
+        return (torch.cat(outs) if outs else None), (torch.cat(values) if values else None)
 
     # ---- updates -------------------------------------------------------------------------------------------
 
@@ -453,8 +447,7 @@ class Trainer:
 
     def _minibatch_step(self, batch: Batch, idx: torch.Tensor) -> dict[str, float]:
         hp = self.hp
-        mb_mask = batch.mask[idx]
-        mb_tokens = mb_mask.sum().clamp(min=1)
+        mb_tokens = batch.mask[idx].sum().clamp(min=1)
         slices = self._micro_slices(len(idx))
         metrics: dict[str, float] = {}
         for i, s in enumerate(slices):
@@ -478,46 +471,22 @@ class Trainer:
                 self.acc.backward(loss * weight)
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) * float(weight)
-        grad_norm = self._clip_and_step()
-        metrics["optim/grad_norm"] = grad_norm
+        metrics.update(zip(("optim/grad_norm", "optim/value_grad_norm"), self._clip_and_step(), strict=False))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
     def _micro_loss(self, batch: Batch, micro: torch.Tensor):
-        hp, r = self.hp, batch.rollout
-        T = r.num_completion_columns
+        hp = self.hp
         mask = batch.mask[micro]
-        logprobs, entropy = token_logprobs(
-            self.policy,
-            r.input_ids[micro],
-            r.attention_mask[micro],
-            r.position_ids[micro],
-            T,
-            hp.temperature,
-            hp.logprob_chunk_size,
-            with_entropy=True,
+        warmup = self.state.step < hp.critic_warmup_steps  # value-only updates: the policy does not move
+        asked = dict(
+            logprobs=not warmup, entropy=True, entropy_grad=hp.entropy_coef > 0, policy_grad=not warmup
         )
-        logprobs = logprobs.float()
-        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logprobs.detach()
-        pg_loss, pm = alg.ppo_clip_loss(
-            logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high, agg=hp.loss_agg
-        )
-        loss = pg_loss
-        metrics = {
-            "loss/policy": pg_loss.detach(),
-            "policy/clipfrac": pm["clipfrac"],
-            "policy/approx_kl": pm["approx_kl"],
-            "policy/entropy": alg.masked_mean(entropy, mask),
-        }
-        if batch.ref_logprobs is not None:
-            kl = alg.kl_estimate(logprobs, batch.ref_logprobs[micro], hp.kl_estimator)
-            metrics["kl/mean"] = alg.masked_mean(kl.detach(), mask)
-            if hp.kl_in == "loss":
-                kl_loss = alg.aggregate(kl, mask, hp.loss_agg)
-                loss = loss + self.kl_ctl.value * kl_loss
-                metrics["loss/kl"] = kl_loss.detach()
-        if self.value is not None:
-            values = self._values(r, micro, T)
+        out, values = self._forward(self.policy, self.value, batch.rollout, micro, **asked)
+        loss, metrics = torch.zeros((), device=mask.device), {}
+        if not warmup:
+            loss, metrics = self._policy_loss(batch, micro, out.logprobs.float(), out.entropy)
+        if values is not None:
             v_loss, vm = alg.value_loss(
                 values, batch.old_values[micro], batch.returns[micro], mask, hp.value_clip, agg=hp.loss_agg
             )
@@ -527,22 +496,52 @@ class Trainer:
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
-    def _clip_and_step(self) -> float:
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if self.hp.max_grad_norm is not None:
-            norm = self.acc.clip_grad_norm_(params, self.hp.max_grad_norm)
-        else:
-            norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        norm = float(norm)
-        if not math.isfinite(norm):
+    def _policy_loss(self, batch: Batch, micro: torch.Tensor, logprobs: torch.Tensor, entropy: torch.Tensor):
+        hp, mask = self.hp, batch.mask[micro]
+        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logprobs.detach()
+        loss, pm = alg.ppo_clip_loss(
+            logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high, agg=hp.loss_agg
+        )
+        metrics = {
+            "loss/policy": loss.detach(),
+            "policy/clipfrac": pm["clipfrac"],
+            "policy/approx_kl": pm["approx_kl"],
+            "policy/entropy": alg.masked_mean(entropy.detach(), mask),
+        }
+        if hp.entropy_coef > 0:
+            bonus = alg.entropy_bonus(entropy, mask, hp.entropy_coef, agg=hp.loss_agg)
+            loss = loss + bonus
+            metrics["loss/entropy"] = bonus.detach()
+        if batch.ref_logprobs is not None:
+            kl = alg.kl_estimate(logprobs, batch.ref_logprobs[micro], hp.kl_estimator)
+            metrics["kl/mean"] = alg.masked_mean(kl.detach(), mask)
+            if hp.kl_in == "loss":
+                kl_loss = alg.aggregate(kl, mask, hp.loss_agg)
+                loss = loss + self.kl_ctl.value * kl_loss
+                metrics["loss/kl"] = kl_loss.detach()
+        return loss, metrics
+
+    def _clip_and_step(self) -> list[float]:
+        """Clip each parameter group (the policy; the critic) to ``max_grad_norm`` on its own, so that a
+        large value loss cannot use up the policy's step; step. The groups' gradient norms."""
+        norms = []
+        for group in self.optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:  # the policy during critic warm-up
+                norms.append(0.0)
+            elif self.hp.max_grad_norm is not None:
+                norms.append(float(self.acc.clip_grad_norm_(params, self.hp.max_grad_norm)))
+            else:
+                norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in params]))))
+        if not all(math.isfinite(n) for n in norms):
             raise TrainingDiverged(
-                f"the gradient norm is {norm} at step {self.state.step + 1}: lower "
+                f"the gradient norm is {max(norms)} at step {self.state.step + 1}: lower "
                 "hyperparameters.learning_rate or check the rewards"
             )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norms
 
     # ---- metrics -------------------------------------------------------------------------------------------
 
@@ -566,17 +565,15 @@ class Trainer:
             std = scores.view(-1, G).std(dim=1)
             m["reward/frac_zero_std_groups"] = (std < 1e-6).float().mean().item()
         else:
-            mask = batch.mask.bool()
-            v, ret = batch.old_values[mask], batch.returns[mask]
-            m["value/mean"] = v.mean().item() if v.numel() else 0.0
-            var_ret = ret.var().item() if ret.numel() > 1 else 0.0
-            m["value/explained_variance"] = (1.0 - (ret - v).var().item() / var_ret) if var_ret > 0 else 0.0
+            m.update(value_metrics(batch.old_values, batch.returns, batch.mask))
         for k, v in train.items():
             m[k] = (
                 float(self.acc.reduce(torch.tensor(v, device=self.acc.device), reduction="mean").item())
                 if self.world > 1
                 else v
             )
+        if batch.kl is not None:  # the rollout's KL, not the updates' (they drift over epochs)
+            m["kl/mean"] = self.acc.reduce(alg.masked_mean(batch.kl, batch.mask), reduction="mean").item()
         m.update(reward)
         return m
 
@@ -588,6 +585,7 @@ class Trainer:
         rng_states = gather_object([capture_rng()])
         self.state.cursor = self.cursor.state_dict()
         self.state.kl = self.kl_ctl.state_dict()
+        self.state.reward_moments = self.reward_moments.tolist()
         self.state.rng = rng_states
         path = manifest = None
         merge = final and self.spec.model.lora is not None and self.spec.model.merge_lora_on_save

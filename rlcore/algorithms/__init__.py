@@ -1,6 +1,6 @@
-"""The math of PPO and GRPO as pure torch functions: advantages, KL estimators, clipped losses, loss
-aggregation, memory-light log-probs. Imports only torch; every module's docstring cites its paper and lists
-where the code departs from it.
+"""The math of PPO and GRPO as pure torch functions: advantages, KL estimators, clipped losses, entropy
+bonus, reward normalisation, loss aggregation, memory-light log-probs. Imports only torch; every module's
+docstring cites its paper and lists where the code departs from it.
 
 Shapes: B sequences (for GRPO B = prompts x G samples per group), T token columns, V vocabulary.
 Arguments are named ``logprobs, old_logprobs, ref_logprobs, advantages, returns, response_mask``
@@ -30,6 +30,7 @@ from rlcore.algorithms.kl import (
 from rlcore.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
 from rlcore.algorithms.losses import (
     PolicyLoss,
+    entropy_bonus,
     get_policy_loss,
     ppo_clip_loss,
     register_policy_loss,
@@ -43,6 +44,13 @@ from rlcore.algorithms.masking import (
     masked_var,
     masked_whiten,
 )
+from rlcore.algorithms.normalization import (
+    RewardNorm,
+    empty_moments,
+    moments_std,
+    normalize_rewards,
+    update_moments,
+)
 from rlcore.algorithms.registry import Registry
 
 __all__ = [
@@ -55,8 +63,11 @@ __all__ = [
     "LossAgg",
     "PolicyLoss",
     "Registry",
+    "RewardNorm",
     "RewardScale",
     "aggregate",
+    "empty_moments",
+    "entropy_bonus",
     "entropy_from_logits",
     "gae",
     "get_advantage_estimator",
@@ -71,9 +82,12 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "moments_std",
+    "normalize_rewards",
     "ppo_clip_loss",
     "register_adv_est",
     "register_policy_loss",
     "rloo_advantages",
+    "update_moments",
     "value_loss",
 ]

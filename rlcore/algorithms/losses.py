@@ -1,4 +1,4 @@
-"""Clipped policy loss (PPO / GRPO) and clipped value loss (PPO critic).
+"""Clipped policy loss (PPO / GRPO), clipped value loss (PPO critic) and the entropy bonus.
 
 Objective: PPO's clipped surrogate (Schulman et al. 2017, arXiv:1707.06347, eq. 7), to be *maximised*,
 
@@ -137,6 +137,29 @@ def value_loss(
             "value_mean": masked_mean(values, mask),
         }
     return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def entropy_bonus(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float,
+    agg: str = "token_mean",
+    *,
+    norm: float | None = None,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+) -> torch.Tensor:
+    """The entropy term to *add* to the loss: ``-coef * aggregate(entropy)``, entropy and mask ``(B, T)``.
+
+    CleanRL's ``loss = pg_loss - ent_coef * entropy_loss``: minimising it raises the policy's entropy.
+    Aggregated like the policy loss (same ``agg``), so the two stay on one scale. 0-d.
+    """
+    check_same_shape(entropy=entropy, mask=mask)
+    if not coef >= 0:
+        raise ValueError(f"entropy coefficient must be >= 0 (got {coef})")
+    mask = mask.bool()
+    mean = aggregate(_zero_masked(entropy, mask), mask, agg, norm, num_tokens=num_tokens, num_seqs=num_seqs)
+    return -coef * mean
 
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]

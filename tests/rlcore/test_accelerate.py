@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("case", ["grpo", "ppo-shared", "ppo-lora"])
+def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_model_path, case):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -36,6 +37,7 @@ def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_mode
         str(REPO / "tests/rlcore/ddp_script.py"),
         tiny_model_path,
         str(tmp_path),
+        case,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -562,3 +562,115 @@ def test_fixed_kl_controller_and_factory():
     assert ctl.update(100.0, 64) == 0.05 and ctl.state_dict() == {"value": 0.05}
     assert isinstance(alg.make_kl_controller(0.05), alg.FixedKLController)
     assert isinstance(alg.make_kl_controller(0.05, target=6.0, horizon=100), alg.AdaptiveKLController)
+
+
+def test_value_clipping_hand_computed_below_and_masked():
+    # clip 0.5. token 1: V=-1, V_old=0, R=1: unclipped (-1-1)^2 = 4; clipped V = 0 - 0.5 = -0.5,
+    #                    (-0.5-1)^2 = 2.25 -> max 4, the unclipped branch: 0.5 * 4 = 2.0 (not clipped)
+    # token 2: V=-1, V_old=0, R=-3: unclipped (-1+3)^2 = 4; clipped -0.5: (-0.5+3)^2 = 6.25 -> 3.125 (clipped)
+    # token 3 is masked: its junk changes nothing. Token mean: (2.0 + 3.125) / 2 = 2.5625
+    v = torch.tensor([[-1.0, -1.0, 1e6]], requires_grad=True)
+    v_old, r = torch.tensor([[0.0, 0.0, -1e6]]), torch.tensor([[1.0, -3.0, float("nan")]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, m = alg.value_loss(v, v_old, r, mask, 0.5)
+    close(loss, 2.5625)
+    close(m["vf_clipfrac"], 0.5)
+    loss.backward()
+    # d/dV: token 1 (V - R) / 2 = -1; token 2 is on the clipped branch (constant in V): 0; masked: 0
+    close(v.grad, [[-1.0, 0.0, 0.0]])
+
+
+# ---- entropy bonus ----------------------------------------------------------------------------------------
+
+
+def test_entropy_bonus_hand_computed_and_raises_entropy():
+    # entropies 1, 2 (3 masked) token mean 1.5 -> bonus -0.1 * 1.5 = -0.15
+    entropy, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1, 1, 0]])
+    close(alg.entropy_bonus(entropy, mask, 0.1), -0.15)
+    # per sequence: rows (1+2)/2 = 1.5 and 4/1 = 4 -> mean 2.75 -> -0.275
+    two = torch.tensor([[1.0, 2.0], [4.0, 9.0]])
+    close(alg.entropy_bonus(two, torch.tensor([[1, 1], [1, 0]]), 0.1, "seq_mean_token_mean"), -0.275)
+    close(alg.entropy_bonus(entropy, mask, 0.0), 0.0)
+    # Minimising the bonus moves logits towards the uniform distribution (entropy goes up).
+    logits = torch.tensor([[[3.0, 0.0, -1.0]]], requires_grad=True)
+    h = alg.entropy_from_logits(logits)
+    alg.entropy_bonus(h, torch.ones(1, 1), 0.5).backward()
+    with torch.no_grad():
+        stepped = alg.entropy_from_logits(logits - 0.1 * logits.grad)
+    assert stepped.item() > h.item()
+    with pytest.raises(ValueError, match=">= 0"):
+        alg.entropy_bonus(entropy, mask, -0.1)
+
+
+@pytest.mark.parametrize("junk", [0.0, 1e9, float("nan")])
+def test_entropy_bonus_ignores_values_under_the_mask(junk):
+    gen = torch.Generator().manual_seed(0)
+    entropy, mask = torch.rand(3, 5, generator=gen), random_mask(gen, 3, 5)
+    expected = alg.entropy_bonus(entropy, mask, 0.3)
+    close(alg.entropy_bonus(perturb_masked(entropy, mask, junk), mask, 0.3), expected)
+
+
+# ---- reward normalisation ---------------------------------------------------------------------------------
+
+
+def test_running_moments_hand_computed():
+    # [1, 2, 3]: n 3, mean 2, M2 = 1 + 0 + 1 = 2. Then [4, 0]: n 5, mean 10/5 = 2,
+    # M2 = 2 + (batch M2: mean 2, 4 + 4 = 8) + (2 - 2)^2 * 3 * 2 / 5 = 10 -> std sqrt(10 / 5) = sqrt(2)
+    m = alg.update_moments(alg.empty_moments(), torch.tensor([1.0, 2.0, 3.0]))
+    close(m, [3.0, 2.0, 2.0])
+    m = alg.update_moments(m, torch.tensor([4.0, 0.0]))
+    close(m, [5.0, 2.0, 10.0])
+    close(alg.moments_std(m), math.sqrt(2.0))
+    assert m.dtype == torch.float64
+    close(alg.update_moments(m, torch.tensor([])), m)  # no observation: unchanged
+
+
+def _welford(xs: list[float]) -> list[float]:
+    n, mean, m2 = 0, 0.0, 0.0
+    for x in xs:
+        n += 1
+        d = x - mean
+        mean += d / n
+        m2 += d * (x - mean)
+    return [float(n), mean, m2]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_running_moments_match_a_welford_loop_whatever_the_batches(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, generator=gen, dtype=torch.float64) * 3 + 1
+    cuts = sorted(torch.randint(1, 40, (4,), generator=gen).tolist())
+    m = alg.empty_moments()
+    for lo, hi in zip([0, *cuts], [*cuts, 40], strict=True):
+        m = alg.update_moments(m, x[lo:hi])
+    close(m, _welford(x.tolist()), atol=1e-9)
+    close(alg.update_moments(alg.empty_moments(), x), m, atol=1e-9)  # one batch or many: the same
+
+
+def test_normalize_rewards_running_batch_and_none():
+    # running: batch 1 [1, 2, 3] -> mean 2, std sqrt(2/3): (x - 2) / 0.8165 = [-1.2247, 0, 1.2247]
+    scores = torch.tensor([1.0, 2.0, 3.0])
+    out, m = alg.normalize_rewards(scores, alg.empty_moments(), "running")
+    close(out, [-1.224745, 0.0, 1.224745])
+    # batch 2 [4, 0] with everything so far: mean 2, std sqrt(2): [2 / 1.41421, -2 / 1.41421]
+    out, m = alg.normalize_rewards(torch.tensor([4.0, 0.0]), m, alg.RewardNorm.RUNNING)
+    close(out, [1.414214, -1.414214])
+    close(m, [5.0, 2.0, 10.0])
+    # batch: this batch's statistics only, and the running moments are left alone
+    out, m2 = alg.normalize_rewards(torch.tensor([4.0, 0.0]), m, "batch")
+    close(out, [1.0, -1.0])
+    assert torch.equal(m2, m)
+    out, m3 = alg.normalize_rewards(scores, m, "none")
+    assert torch.equal(out, scores) and torch.equal(m3, m)
+    # equal rewards (a task nobody solves yet) map to 0, not nan
+    close(alg.normalize_rewards(torch.zeros(4), alg.empty_moments(), "batch")[0], [0.0] * 4)
+    with pytest.raises(ValueError, match="valid: none, batch, running"):
+        alg.normalize_rewards(scores, m, "whiten")
+
+
+def test_normalize_rewards_statistics_skip_unobserved_scores():
+    # The placeholder 100 of a skipped sample neither moves the statistics nor escapes normalisation.
+    scores, observed = torch.tensor([1.0, 3.0, 100.0]), torch.tensor([True, True, False])
+    out, m = alg.normalize_rewards(scores, alg.empty_moments(), "running", observed=observed)
+    close(m, [2.0, 2.0, 2.0])  # mean 2, std 1
+    close(out, [-1.0, 1.0, 98.0])

@@ -15,12 +15,15 @@ from rlcore.spec import JobSpec
 from rlcore.trainer import train
 from tests.rlcore.helpers import letter_reward, make_spec
 
-# Step budgets: GRPO reached 0.9 in 14-20 steps and PPO in 17-23 over seeds 1-5 with these settings. PPO
-# gets 32 prompts per step: with 16, a first batch without a single 'a' (0.5 expected) leaves only the
-# critic's noise in the whitened advantages, and one seed in four collapsed before it found the reward.
+# Both algorithms at their own defaults (PPO: 4 epochs over 4 minibatches, running reward normalisation, a
+# zero-initialised critic; GRPO: one pass, groups of 8), the same 32 completions per step and the same
+# learning rate, seed 1 as every engine test. GRPO reached 0.9 in 14-20 steps over seeds 1-5; PPO's figures
+# over a grid of learning rates, lengths and batch sizes are in BENCHMARKS.md ("PPO without hand-tuning").
+# "ppo-long" is the setting where PPO's old defaults stayed flat at reward 0.005 for 150 steps.
 CASES = {
     "grpo": dict(steps=40, prompts_per_step=4, group_size=8, max_new_tokens=8, learning_rate=2e-2),
-    "ppo": dict(steps=60, prompts_per_step=32, max_new_tokens=8, learning_rate=2e-2),
+    "ppo": dict(steps=40, prompts_per_step=32, max_new_tokens=8, learning_rate=2e-2),
+    "ppo-long": dict(steps=150, prompts_per_step=16, max_new_tokens=32, learning_rate=3e-3),
 }
 
 
@@ -36,16 +39,17 @@ class Curve(Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_reaches_mean_reward_0_9_from_a_random_start(tmp_path, tiny_model_path, algorithm):
+@pytest.mark.parametrize("case", list(CASES))
+def test_reaches_mean_reward_0_9_from_a_random_start(tmp_path, tiny_model_path, case):
     curve = Curve()
-    spec = make_spec(tiny_model_path, algorithm, **CASES[algorithm])
+    algorithm = case.split("-")[0]
+    spec = make_spec(tiny_model_path, algorithm, **CASES[case])
     try:
         train(spec, tmp_path, reward_fn=letter_reward, callbacks=[curve], should_stop=curve.reached)
     except Interrupted:
         pass  # stopped early once the target held for three steps
     assert curve.rewards[0] < 0.1, "the start should be random"
-    assert curve.reached(), f"{algorithm} did not reach 0.9 in {len(curve.rewards)} steps: {curve.rewards}"
+    assert curve.reached(), f"{case} did not reach 0.9 in {len(curve.rewards)} steps: {curve.rewards}"
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -10,18 +11,19 @@ from safetensors.torch import load_file
 from rlcore import checkpoint as ckpt
 from rlcore.errors import Interrupted
 from rlcore.trainer import train
-from tests.rlcore.helpers import letter_reward, make_spec
+from tests.rlcore.helpers import dense_reward, letter_reward, make_spec
 
 
 def _weights(run_dir, step):
     return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, tiny_model_path, algorithm):
-    spec = make_spec(tiny_model_path, algorithm, steps=4, checkpoint_every=2, kl_coef=0.05)
+@pytest.mark.parametrize("algorithm, critic", [("grpo", None), ("ppo", "separate"), ("ppo", "shared")])
+def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, tiny_model_path, algorithm, critic):
+    extra = {"value_model": critic} if critic else {}
+    spec = make_spec(tiny_model_path, algorithm, steps=4, checkpoint_every=2, kl_coef=0.05, **extra)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(spec, straight, reward_fn=letter_reward)
+    train(spec, straight, reward_fn=dense_reward)
 
     calls = {"n": 0}
 
@@ -30,9 +32,9 @@ def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, tiny_model_path,
         return calls["n"] > 2
 
     with pytest.raises(Interrupted):
-        train(spec, resumed, reward_fn=letter_reward, should_stop=stop_at_two)
+        train(spec, resumed, reward_fn=dense_reward, should_stop=stop_at_two)
     assert [p.name for p in ckpt.list_checkpoints(resumed)] == ["step-000002"]
-    result = train(spec, resumed, reward_fn=letter_reward)
+    result = train(spec, resumed, reward_fn=dense_reward)
     assert result.step == 4
     a, b = _weights(straight, 4), _weights(resumed, 4)
     assert a.keys() == b.keys()
@@ -42,6 +44,14 @@ def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, tiny_model_path,
         va = load_file(str(straight / "checkpoints/step-000004/value_model/value_head.safetensors"))
         vb = load_file(str(resumed / "checkpoints/step-000004/value_model/value_head.safetensors"))
         assert all((va[k] == vb[k]).all() for k in va)
+        # The running reward statistics (reward_norm="running", PPO's default) continue bit for bit:
+        # [count, mean, M2] over 4 steps x 4 samples (the dense reward is never constant: M2 > 0).
+        sa, sb = (
+            json.loads((d / "checkpoints/step-000004/trainer_state.json").read_text())
+            for d in (straight, resumed)
+        )
+        assert sa["reward_moments"] == sb["reward_moments"] and sa["reward_moments"][0] == 16.0
+        assert sa["reward_moments"][2] > 0
 
 
 def test_resume_skips_a_checkpoint_that_does_not_verify(tmp_path, tiny_model_path):

@@ -24,6 +24,10 @@ def test_create_returns_a_queued_job_with_progress_and_masked_spec(client: TestC
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["id"] == job["id"]
 
 
+def _ppo(**hyperparameters) -> dict:
+    return {"algorithm": "ppo", "hyperparameters": {"steps": 5, "prompts_per_step": 2, **hyperparameters}}
+
+
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
@@ -31,6 +35,12 @@ def test_create_returns_a_queued_job_with_progress_and_masked_spec(client: TestC
         ({"hyperparameters": {"steps": 0}}, "hyperparameters.steps", "greater than or equal to 1"),
         ({"model": {}}, "model", "give exactly one of model.name_or_path"),
         ({"reward": {"url": "ftp://x/score"}}, "reward.url", "http://"),
+        # PPO's knobs (issue 12)
+        (_ppo(reward_norm="whiten"), "hyperparameters.reward_norm", "'none', 'batch' or 'running'"),
+        (_ppo(value_model="tiny"), "hyperparameters.value_model", "'separate' or 'shared'"),
+        (_ppo(critic_warmup_steps=-1), "hyperparameters.critic_warmup_steps", "greater than or equal to 0"),
+        (_ppo(entropy_coef=-0.01), "hyperparameters.entropy_coef", "greater than or equal to 0"),
+        (_ppo(minibatch_size=64), "", "hyperparameters.minibatch_size (64) is larger than the rollout"),
     ],
 )
 def test_invalid_spec_answers_422_naming_the_field(
