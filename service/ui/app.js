@@ -293,7 +293,12 @@ async function renderJob(jobId) {
   await Promise.all(charts.map(async (c) => {
     try {
       const data = await fetchSeries(job.id, c.series.map((s) => s.name), signal);
-      for (const [name, pts] of data) c.add(name, pts);
+      for (const [name, pts] of data) {
+        c.add(name, pts);
+        // The stream replays the job's events from the start: steps up to here are already drawn (or
+        // were downsampled away by max_points on purpose), so only later steps are added from it.
+        c.loadedThrough.set(name, pts.length ? pts.at(-1)[0] : -1);
+      }
     } catch (err) {
       if (!signal.aborted) c.root.append(h("p", { className: "error" }, err.message));
     }
@@ -318,7 +323,7 @@ async function follow(job, charts, eventsBox, chartsBox, setJob, ckptBox, signal
     if (ev.type === "metrics" && ev.data && ev.data.metrics) {
       for (const c of charts) for (const s of c.series) {
         const v = ev.data.metrics[s.name];
-        if (v !== undefined) c.add(s.name, [[ev.data.step, v]]);
+        if (v !== undefined && ev.data.step > (c.loadedThrough.get(s.name) ?? -1)) c.add(s.name, [[ev.data.step, v]]);
       }
     }
     const now = Date.now();

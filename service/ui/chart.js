@@ -11,6 +11,7 @@ export class Chart {
   constructor(container, { title, series, band = null }) {
     this.series = series.map((s, i) => ({ ...s, color: s.color || PALETTE[i % PALETTE.length], points: new Map() }));
     this.band = band;
+    this.loadedThrough = new Map(); // series name -> the last step of its initial load (see app.js)
     this.root = document.createElement("div");
     this.root.className = "chart";
     this.root.dataset.title = title;
