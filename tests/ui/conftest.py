@@ -157,9 +157,14 @@ class Page:
         return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(found)
 
     def until(self, condition: Any, timeout: float = WAIT_S, message: str = "") -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(lambda d: condition(), message)
+        # A live page redraws: an element found by the condition may be replaced before it is read.
+        wait = WebDriverWait(
+            self.driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        return wait.until(lambda d: condition(), message)
 
     def click(self, element_id: str) -> None:
         """Click by id, finding the element again if the page redrew it in between (a live page does)."""
