@@ -203,20 +203,3 @@ def policy_outputs(
             src = logits if entropy_grad else logits.detach()
             entropy = entropy_from_logits(src, chunk_size=chunk_size)
     return PolicyOutputs(logprobs, entropy, hidden)
-
-
-def token_logprobs(
-    model,
-    input_ids,
-    attention_mask,
-    position_ids,
-    num_completion: int,
-    temperature: float,
-    chunk_size: int,
-    with_entropy: bool = False,
-):
-    """Log π(o_t | q, o_<t) of the sampled tokens, (B, T); and optionally the entropy (B, T), detached."""
-    out = policy_outputs(
-        model, input_ids, attention_mask, position_ids, num_completion, temperature, chunk_size, with_entropy
-    )
-    return out.logprobs, out.entropy

@@ -687,6 +687,23 @@ _MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY_PATTERN)]
 _MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
 
 
+def http_rewards(
+    reward: RewardSpec | None, rewards: list[RewardEntry] | None
+) -> list[tuple[str, RewardSpec]]:
+    """The HTTP endpoints of a ``reward`` / ``rewards`` pair (a job, a dry run) with their field paths."""
+    if rewards is None:
+        return [("reward", reward)] if reward is not None else []
+    return [(f"rewards[{i}]", e) for i, e in enumerate(rewards) if isinstance(e, HTTPRewardEntry)]
+
+
+def header_secrets(reward: RewardSpec | None, rewards: list[RewardEntry] | None) -> dict[str, Any]:
+    """Header values in their stored shape: ``{name: value}`` for one ``reward``, ``{entry: {name: value}}``
+    for a ``rewards`` list (see ``apply_header_secrets``)."""
+    if rewards is None:
+        return reward.header_values() if reward is not None else {}
+    return {e.name: e.header_values() for e in rewards if isinstance(e, HTTPRewardEntry) and e.headers}
+
+
 class JobSpec(_Frozen):
     algorithm: Algorithm = Field(Algorithm.GRPO, strict=False, description="grpo or ppo.")
     model: ModelSpec
@@ -803,17 +820,11 @@ class JobSpec(_Frozen):
 
     def http_rewards(self) -> list[tuple[str, RewardSpec]]:
         """Every HTTP endpoint of the job with the field path that names it (``reward``, ``rewards[1]``)."""
-        if self.rewards is None:
-            return [("reward", self.reward)] if self.reward is not None else []
-        return [(f"rewards[{i}]", e) for i, e in enumerate(self.rewards) if isinstance(e, HTTPRewardEntry)]
+        return http_rewards(self.reward, self.rewards)
 
     def header_secrets(self) -> dict[str, Any]:
         """The reward header values in their stored shape (see ``apply_header_secrets``)."""
-        if self.rewards is None:
-            return self.reward.header_values() if self.reward is not None else {}
-        return {
-            e.name: e.header_values() for e in self.rewards if isinstance(e, HTTPRewardEntry) and e.headers
-        }
+        return header_secrets(self.reward, self.rewards)
 
     def public_dict(self) -> dict[str, Any]:
         """The spec as a client may see it: reward header values are replaced by their names only."""

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from rlcore.spec import (
     MAX_REWARDS,
-    HTTPRewardEntry,
     RewardEntry,
     RewardSpec,
     check_json_value,
     check_reward_list,
+    header_secrets,
+    http_rewards,
 )
 
 # Ids and names in paths and bodies stay short: nothing a client sends is unbounded.
@@ -215,14 +216,10 @@ class RewardValidateRequest(BaseModel):
         return self
 
     def http_rewards(self) -> list[tuple[str, RewardSpec]]:
-        if self.rewards is None:
-            return [("reward", self.reward)] if self.reward is not None else []
-        return [(f"rewards[{i}]", e) for i, e in enumerate(self.rewards) if isinstance(e, HTTPRewardEntry)]
+        return http_rewards(self.reward, self.rewards)
 
     def header_secrets(self) -> dict[str, Any]:
-        if self.rewards is None:
-            return self.reward.header_values() if self.reward is not None else {}
-        return {e.name: e.header_values() for e in self.rewards if isinstance(e, HTTPRewardEntry)}
+        return header_secrets(self.reward, self.rewards)
 
 
 class RewardValidateResponse(BaseModel):
