@@ -116,15 +116,7 @@ def test_the_supervisor_keeps_headers_off_disk_and_out_of_reports(tmp_path, tiny
         }
         recording_server.replies["claim"] = [(200, claim)]
         recording_server.start()
-        settings = Settings(
-            data_dir=data_dir,
-            api_url=recording_server.url,
-            worker_secret="w" * 32,
-            lease_seconds=30,
-            artifact_store=str(tmp_path / "store"),
-            allow_private_reward_urls=True,
-            model_roots=[str(tiny_model)],  # the spec names the tiny model by its path
-        )
+        settings = _worker_settings(tmp_path, data_dir, recording_server.url, tiny_model)
         assert Supervisor("job-1", settings).run() == "failed"
 
     assert on_disk_mid_run["auth"] == [f"Bearer {token}"]  # the child got the headers from its environment
@@ -238,15 +230,7 @@ def test_several_endpoints_get_their_own_headers_and_none_reaches_disk_or_report
         claim = {"job_id": "job-2", "fence": 1, "attempt": 1, "spec": spec, "resume": None}
         recording_server.replies["claim"] = [(200, claim)]
         recording_server.start()
-        settings = Settings(
-            data_dir=data_dir,
-            api_url=recording_server.url,
-            worker_secret="w" * 32,
-            lease_seconds=30,
-            artifact_store=str(tmp_path / "store"),
-            allow_private_reward_urls=True,
-            model_roots=[str(tiny_model)],
-        )
+        settings = _worker_settings(tmp_path, data_dir, recording_server.url, tiny_model)
         assert Supervisor("job-2", settings).run() == "failed"
 
     assert (seen["one"], seen["two"]) == (one, two)  # each endpoint got its own entry's value
@@ -256,3 +240,16 @@ def test_several_endpoints_get_their_own_headers_and_none_reaches_disk_or_report
     sent = json.dumps([body for _, _, body in recording_server.requests])
     assert one[8:24] not in sent and two[8:24] not in sent
     assert files_holding(data_dir, one) == [] and files_holding(data_dir, two) == []
+
+
+def _worker_settings(tmp_path, data_dir, api_url: str, tiny_model) -> Settings:
+    """A worker's settings for these tests: the spec names the tiny model by its path (a model root)."""
+    return Settings(
+        data_dir=data_dir,
+        api_url=api_url,
+        worker_secret="w" * 32,
+        lease_seconds=30,
+        artifact_store=str(tmp_path / "store"),
+        allow_private_reward_urls=True,
+        model_roots=[str(tiny_model)],
+    )
