@@ -96,7 +96,13 @@ def _model_checkpoint(session: Any, job: Job) -> ModelCheckpoint | None:
     gone = f"checkpoint {ckpt_id} that the job continues from"
     ckpt = crud.checkpoint_for_tenant(session, job.tenant_id, ckpt_id)
     model_dir = checkpoint_model_dir(ckpt) if ckpt is not None else None
-    if ckpt is None or model_dir is None or not storage.exists(storage.join(ckpt.location, MANIFEST)):
+    deleted = ckpt is not None and ckpt.deleted_at is not None
+    if (
+        ckpt is None
+        or deleted
+        or model_dir is None
+        or not storage.exists(storage.join(ckpt.location, MANIFEST))
+    ):
         raise Unservable(
             "model_checkpoint_unavailable",
             f"the {gone} is no longer in the artifact store; submit the job with another checkpoint",

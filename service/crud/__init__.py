@@ -10,10 +10,16 @@ By concern: ``jobs`` (create, read, list, status changes), ``metrics`` (events, 
 
 from service.crud.checkpoints import (
     checkpoint_for_tenant,
+    drop_expired_download_leases,
+    end_download_lease,
     get_checkpoint,
     list_checkpoints,
+    mark_purged,
     newest_checkpoint,
+    purgeable_checkpoints,
     register_checkpoint,
+    renew_download_lease,
+    take_download_lease,
 )
 from service.crud.jobs import (
     ACTIVE,
@@ -53,6 +59,12 @@ from service.crud.metrics import (
 )
 
 __all__ = [
+    "take_download_lease",
+    "renew_download_lease",
+    "purgeable_checkpoints",
+    "mark_purged",
+    "end_download_lease",
+    "drop_expired_download_leases",
     "ACTIVE",
     "add_event",
     "apply",

@@ -167,14 +167,13 @@ def ingest_samples(session: Session, job: Job, samples: Iterable[SampleIn]) -> i
 
 
 def list_samples(
-    session: Session, job_id: str, step: int | None, limit: int
+    session: Session, job_id: str, step: int | None, limit: int, split: str = "train"
 ) -> tuple[int | None, list[Sample]]:
-    """Samples of ``step``, or of the newest step that has any."""
+    """Samples of ``split`` at ``step``, or at the newest step that has any."""
+    of_split = (Sample.job_id == job_id, Sample.split == split)
     if step is None:
-        step = session.scalar(select(func.max(Sample.step)).where(Sample.job_id == job_id))
+        step = session.scalar(select(func.max(Sample.step)).where(*of_split))
         if step is None:
             return None, []
-    stmt = (
-        select(Sample).where(Sample.job_id == job_id, Sample.step == step).order_by(Sample.index).limit(limit)
-    )
+    stmt = select(Sample).where(*of_split, Sample.step == step).order_by(Sample.index).limit(limit)
     return step, list(session.scalars(stmt))

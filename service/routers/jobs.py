@@ -6,7 +6,6 @@ import functools
 import re
 from typing import Annotated, Any
 
-import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, StringConstraints, TypeAdapter
@@ -21,7 +20,7 @@ from rlcore.spec import (
     JobSpec,
     check_text,
 )
-from service import crud, storage, submit
+from service import crud, downloads, submit
 from service.bodies import BoundedJSONRoute
 from service.deps import (
     CipherDep,
@@ -33,7 +32,7 @@ from service.deps import (
     SessionDep,
     SettingsDep,
 )
-from service.errors import ApiError, Invalid
+from service.errors import Invalid
 from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
 from service.notify import EventBus, SharedReads
 from service.schemas import (
@@ -46,6 +45,7 @@ from service.schemas import (
     MetricList,
     SampleList,
     SamplePublic,
+    SampleSplit,
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRoute)
@@ -283,36 +283,44 @@ def get_samples(
     session: ReadSessionDep,
     step: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Default: the newest step.")] = None,
     limit: Annotated[int, Query(ge=1, le=4096)] = 1000,
+    split: Annotated[SampleSplit, Query(description="train (rollouts) or eval (held-out).")] = "train",
 ) -> SampleList:
-    found, rows = crud.list_samples(session, job.id, step, limit)
+    found, rows = crud.list_samples(session, job.id, step, limit, split)
     return SampleList(step=found, data=[SamplePublic.model_validate(s, from_attributes=True) for s in rows])
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-def list_checkpoints(job: JobForTenant, session: ReadSessionDep) -> CheckpointList:
-    rows = crud.list_checkpoints(session, job.id)
-    return CheckpointList(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
+def list_checkpoints(
+    job: JobForTenant,
+    session: ReadSessionDep,
+    best: Annotated[bool, Query(description="Only the best (by checkpoints.best_metric).")] = False,
+) -> CheckpointList:
+    rows = crud.list_checkpoints(session, job.id, best=best)
+    return CheckpointList(data=[CheckpointPublic.of(c) for c in rows])
 
 
 @router.get(
     "/{job_id}/checkpoints/{ckpt_id}/archive",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."}},
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."},
+        409: {"description": "variant=merged of a checkpoint without a merged model (no_merged_model)."},
+        410: {"description": "Deleted by the job's retention policy (checkpoint_deleted)."},
+    },
 )
 def checkpoint_archive(
-    job: JobForTenant, session: ReadSessionDep, ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))]
+    request: Request,
+    job: JobForTenant,
+    session: SessionDep,
+    ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))],
+    variant: Annotated[
+        downloads.Variant,
+        Query(description="model: the policy directory (with LoRA, the adapter); merged: LoRA merged."),
+    ] = "model",
 ) -> StreamingResponse:
-    ckpt = crud.get_checkpoint(session, job.id, ckpt_id)
-    fs, path = fsspec.core.url_to_fs(ckpt.location)
-    if not fs.exists(path):
-        raise ApiError(
-            f"the files of checkpoint {ckpt.id} are no longer in the artifact store",
-            code="gone",
-            status_code=410,
-        )
-    root = f"{job.id}-step-{ckpt.step}"
+    archive = downloads.open_archive(session, job, ckpt_id, variant)
     return StreamingResponse(
-        storage.stream_tar(ckpt.location, ckpt.files, root),
+        downloads.leased_stream(request.app.state.session_factory, archive),
         media_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{root}.tar"'},
+        headers={"Content-Disposition": f'attachment; filename="{archive.root}.tar"'},
     )
