@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import anyio
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -91,9 +92,11 @@ async def leased_stream(factory: sessionmaker[Session], archive: Archive) -> Asy
             yield chunk
     finally:
         renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
-        await run_in_threadpool(_end, factory, archive.lease_id)
+        # Shielded: a client that went away cancels the stream, and the lease must still end now.
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await run_in_threadpool(_end, factory, archive.lease_id)
 
 
 async def _renew(factory: sessionmaker[Session], lease_id: str) -> None:

@@ -220,6 +220,30 @@ def test_a_download_in_progress_is_not_cut(settings: Settings, alice: dict, tmp_
         assert _live_leases(settings) == 0
 
 
+def test_a_download_given_up_ends_its_lease(settings: Settings, alice: dict, tmp_path: Path) -> None:
+    big = {"model/config.json": b"{}", "model/model.safetensors": b"w" * (32 << 20)}
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        jid = http.post("/v1/jobs", json=job_body(), headers=alice).json()["id"]
+        set_checkpoint_policy(settings, jid, keep_last=1, keep_best=0)
+        fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
+            "fence"
+        ]
+
+        def post(job_id: str, what: str, **body: Any) -> httpx.Response:
+            return http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body, headers=WORKER)
+
+        first = register(post, jid, fence, tmp_path / "s1", 1, big)
+        with http.stream("GET", f"/v1/jobs/{jid}/checkpoints/{first}/archive", headers=alice) as resp:
+            next(resp.iter_bytes(1 << 16))
+            register(post, jid, fence, tmp_path / "s2", 2, _model_files(2))
+        # The client hung up mid-download: its lease ends with it, not 120 s later.
+        deadline = time.monotonic() + 15
+        while (tmp_path / "s1").exists() and time.monotonic() < deadline:
+            sweep(settings)
+            time.sleep(0.2)
+        assert not (tmp_path / "s1").exists() and _live_leases(settings) == 0
+
+
 def _listed(http: httpx.Client, jid: str, alice: dict) -> dict[str, dict]:
     return {c["id"]: c for c in http.get(f"/v1/jobs/{jid}/checkpoints", headers=alice).json()["data"]}
 
