@@ -505,7 +505,9 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        path = c.jobs.download_checkpoint(args.job, args.output, step=args.step)
+        path = c.jobs.download_checkpoint(
+            args.job, args.output, step=args.step, best=args.best, merged=args.merged
+        )
     err.print(f"model written to {path}/; load it with AutoModelForCausalLM.from_pretrained({str(path)!r})")
     return 0
 
@@ -669,7 +671,10 @@ def _add_job_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_checkpoints)
     s = sub.add_parser("download", parents=[conn], help="download a checkpoint as a Hugging Face directory")
     s.add_argument("job", metavar="JOB")
-    s.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    which.add_argument("--best", action="store_true", help="the best checkpoint (checkpoints.best_metric)")
+    s.add_argument("--merged", action="store_true", help="LoRA: the merged model (merge_lora_on_save)")
     s.add_argument("--output", "-o", required=True, metavar="DIR")
     s.set_defaults(func=cmd_download)
     reward = sub.add_parser("reward", help="reward endpoints").add_subparsers(

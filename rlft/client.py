@@ -208,6 +208,8 @@ class Checkpoint(_Model):
     size_bytes: int | None = None
     created_at: str | None = None
     metrics: dict[str, Any] | None = None
+    best: bool = False
+    deleted: bool = False
 
 
 class File(_Model):
@@ -381,12 +383,17 @@ class Jobs(_Resource):
                 return
             after = page[-1].id
 
-    def samples(self, job_id: str, *, step: int | None = None) -> list[dict[str, Any]]:
-        params = {"step": step} if step is not None else {}
+    def samples(self, job_id: str, *, step: int | None = None, split: str = "train") -> list[dict[str, Any]]:
+        """A step's samples (default: the newest step); ``split="eval"``: the held-out evaluation's."""
+        params: dict[str, Any] = {"split": split}
+        if step is not None:
+            params["step"] = step
         return _items(self._c.request("GET", f"/v1/jobs/{job_id}/samples", params=params))
 
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        body = self._c.request("GET", f"/v1/jobs/{job_id}/checkpoints")
+    def checkpoints(self, job_id: str, *, best: bool = False) -> list[Checkpoint]:
+        """The job's checkpoints by step (those retention deleted too, ``deleted``); ``best``: the best."""
+        params = {"best": "true"} if best else {}
+        body = self._c.request("GET", f"/v1/jobs/{job_id}/checkpoints", params=params)
         return sorted((Checkpoint.model_validate(c) for c in _items(body)), key=lambda c: c.step)
 
     def stream_events(
@@ -440,17 +447,25 @@ class Jobs(_Resource):
         *,
         step: int | None = None,
         checkpoint_id: str | None = None,
+        best: bool = False,
+        merged: bool = False,
     ) -> Path:
-        """Write a checkpoint's Hugging Face model directory to ``dest``; the newest unless ``step``.
+        """Write a checkpoint's Hugging Face model directory to ``dest``; the newest unless ``step``, or
+        ``best`` (the best by the job's ``checkpoints.best_metric``).
 
-        ``dest`` is then loadable with ``AutoModelForCausalLM.from_pretrained(dest)``. The archive is
-        streamed to a temporary file first, so a model larger than memory downloads too.
+        ``merged``: the LoRA model merged into its base (a job with ``model.merge_lora_on_save``), not the
+        adapter. ``dest`` is then loadable with ``AutoModelForCausalLM.from_pretrained(dest)``. The archive
+        is streamed to a temporary file first, so a model larger than memory downloads too.
         """
-        ckpt_id = checkpoint_id or self._pick_checkpoint(job_id, step).id
+        ckpt_id = (
+            checkpoint_id
+            or (self._best_checkpoint(job_id) if best else self._pick_checkpoint(job_id, step)).id
+        )
         out = Path(dest)
         out.mkdir(parents=True, exist_ok=True)
+        query = "?variant=merged" if merged else ""
         with tempfile.TemporaryFile(dir=out) as tmp:
-            self._stream_to(f"/v1/jobs/{job_id}/checkpoints/{ckpt_id}/archive", tmp)
+            self._stream_to(f"/v1/jobs/{job_id}/checkpoints/{ckpt_id}/archive{query}", tmp)
             tmp.seek(0)
             with tarfile.open(fileobj=tmp, mode="r:*") as tar:
                 # "data" refuses absolute paths, links that leave dest, and devices.
@@ -467,6 +482,12 @@ class Jobs(_Resource):
                     f.write(chunk)
         except httpx.TransportError as exc:
             raise self._c._unreachable(exc) from exc
+
+    def _best_checkpoint(self, job_id: str) -> Checkpoint:
+        found = self.checkpoints(job_id, best=True)
+        if not found:
+            raise NotFoundError(f"job {job_id} has no checkpoint yet", status_code=404, code="not_found")
+        return found[-1]
 
     def _pick_checkpoint(self, job_id: str, step: int | None) -> Checkpoint:
         ckpts = self.checkpoints(job_id)

@@ -242,7 +242,8 @@ class Event(Base):
 
 class Sample(Base):
     __tablename__ = "samples"
-    __table_args__ = (UniqueConstraint("job_id", "step", "index"),)
+    # Also the index of reads by (job, split, step): eval samples number from 0 per (step, split).
+    __table_args__ = (UniqueConstraint("job_id", "split", "step", "index"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -257,6 +258,8 @@ class Sample(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The reward's named parts: {grader or endpoint name: value} (issue 11).
     components: Mapped[dict[str, float] | None] = mapped_column(SafeJSON, nullable=True)
+    # "train" or "eval" (issue 15: held-out evaluation samples).
+    split: Mapped[str] = mapped_column(String(10), server_default="train", default="train")
 
 
 class Checkpoint(Base):
@@ -272,4 +275,25 @@ class Checkpoint(Base):
     files: Mapped[list[Any]] = mapped_column(SafeJSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(SafeJSON)
     best: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Retention (issue 15): set when the checkpoint is let go; from then on downloads answer 410. Its files
+    # leave the artifact store once no download holds a live lease on it (then ``purged_at`` is set).
+    deleted_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
+
+
+class CheckpointDownload(Base):
+    """A download in progress: its lease keeps the checkpoint's files in the store until it ends or expires.
+
+    The archive stream refreshes ``expires_at`` while it runs; a client that vanished lets it run out.
+    """
+
+    __tablename__ = "checkpoint_downloads"
+    __table_args__ = (
+        Index("ix_checkpoint_downloads_checkpoint_id_expires_at", "checkpoint_id", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

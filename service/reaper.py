@@ -1,4 +1,5 @@
-"""The background loop: requeue or fail jobs whose lease expired, re-send queued jobs whose message was lost.
+"""The background loop: requeue or fail jobs whose lease expired, re-send queued jobs whose message was lost,
+remove the files of checkpoints that retention let go once no download holds them.
 
 Runs as an asyncio task in the API's lifespan (``settings.run_background_tasks``). Several API processes
 may each run it: on Postgres ``FOR UPDATE SKIP LOCKED`` keeps two sweeps off the same row, on SQLite
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from rlft.settings import Settings
-from service import crud
+from service import crud, downloads
 from service.db import session_scope
 from service.queue import JobQueue
 
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 def sweep(factory: sessionmaker[Session], settings: Settings, queue: JobQueue) -> tuple[int, int]:
     """One pass: (jobs reaped, jobs re-enqueued). Each part commits on its own."""
+    purged = downloads.purge_deleted(factory)
+    if purged:
+        log.info("reaper: files of %d deleted checkpoint(s) removed from the artifact store", purged)
     with session_scope(factory) as session:
         reaped = crud.reap_expired(session, settings.max_attempts, queue.enqueue)
     with session_scope(factory) as session:

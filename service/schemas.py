@@ -119,6 +119,9 @@ class EventList(BaseModel):
     has_more: bool
 
 
+SampleSplit = Literal["train", "eval"]
+
+
 class SampleIn(BaseModel):
     step: int = Field(ge=0, le=2**31 - 1)
     index: int = Field(ge=0, le=2**31 - 1)
@@ -130,6 +133,9 @@ class SampleIn(BaseModel):
     error: str | None = None
     components: dict[Annotated[str, Field(max_length=200)], float] | None = Field(
         None, max_length=256, description="The reward's named parts: each grader or endpoint component."
+    )
+    split: SampleSplit = Field(
+        "train", description="train: a training rollout; eval: a held-out evaluation (numbered per step)."
     )
 
     @field_validator("reward")
@@ -160,9 +166,25 @@ class CheckpointPublic(BaseModel):
     step: int
     manifest_sha256: str
     size_bytes: int
-    metrics: dict[str, Any]
-    best: bool
+    metrics: dict[str, Any] = Field(description="The step's metrics, eval/... included when evaluated.")
+    best: bool = Field(description="The best by the job's checkpoints.best_metric and best_mode.")
+    deleted: bool = Field(
+        description="Let go by the retention policy (keep_last / keep_best): its download answers 410."
+    )
     created_at: datetime
+
+    @classmethod
+    def of(cls, ckpt: Any) -> CheckpointPublic:
+        return cls(
+            id=ckpt.id,
+            step=ckpt.step,
+            manifest_sha256=ckpt.manifest_sha256,
+            size_bytes=ckpt.size_bytes,
+            metrics=ckpt.metrics,
+            best=ckpt.best,
+            deleted=ckpt.deleted_at is not None,
+            created_at=ckpt.created_at,
+        )
 
 
 class CheckpointList(BaseModel):

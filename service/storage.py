@@ -9,6 +9,8 @@ from typing import Any
 
 import fsspec
 
+from rlcore.checkpoint import MANIFEST
+
 CHUNK = 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -37,8 +39,23 @@ def read_jsonl_rows(url: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def stream_tar(location: str, files: list[dict[str, Any]], root: str) -> Iterator[bytes]:
-    """A tar of the registered ``model/`` files of a checkpoint, produced chunk by chunk.
+def remove_tree(url: str) -> None:
+    """Delete a directory of the store and everything under it; nothing to do when it is gone already.
+
+    The manifest goes first: a reader that still finds one finds every file it names (resume checks it).
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    manifest = join(path, MANIFEST)
+    if fs.exists(manifest):
+        fs.rm(manifest)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def stream_tar(
+    location: str, files: list[dict[str, Any]], root: str, subdir: str = "model"
+) -> Iterator[bytes]:
+    """A tar of the registered files under ``subdir/`` of a checkpoint, produced chunk by chunk.
 
     Member names come from ``files`` (the database), never from the request; they were checked to be
     relative and free of ``..`` when the checkpoint was registered. Headers are written by hand so that
@@ -47,10 +64,10 @@ def stream_tar(location: str, files: list[dict[str, Any]], root: str) -> Iterato
     fs, base = fsspec.core.url_to_fs(location)
     for entry in files:
         rel = entry["path"]
-        if not rel.startswith("model/"):
+        if not rel.startswith(f"{subdir}/"):
             continue
         path = join(base, rel)
-        info = tarfile.TarInfo(name=f"{root}/{rel[len('model/') :]}")
+        info = tarfile.TarInfo(name=f"{root}/{rel[len(subdir) + 1 :]}")
         info.size = int(fs.size(path))
         info.mode = 0o644
         yield info.tobuf(format=tarfile.PAX_FORMAT)

@@ -95,6 +95,13 @@ def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Setti
                 field="model.checkpoint",
                 code="model_checkpoint_not_found",
             )
+        if ckpt.deleted_at is not None:
+            raise Invalid(
+                f"model.checkpoint {model.checkpoint!r} was deleted by its job's retention policy "
+                "(checkpoints.keep_last / keep_best): continue from a kept checkpoint",
+                field="model.checkpoint",
+                code="checkpoint_deleted",
+            )
         if checkpoint_model_dir(ckpt) is None:
             raise Invalid(
                 f"checkpoint {ckpt.id} holds only a LoRA adapter, not a model to train from: continue from "

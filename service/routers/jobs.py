@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import re
 from typing import Annotated, Any
 
-import fsspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, StringConstraints, TypeAdapter
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 
@@ -24,9 +20,8 @@ from rlcore.spec import (
     JobSpec,
     check_text,
 )
-from service import crud, storage
+from service import crud, downloads, submit
 from service.bodies import BoundedJSONRoute
-from service.crypto import HeaderCipher
 from service.deps import (
     CipherDep,
     CurrentTenant,
@@ -37,7 +32,7 @@ from service.deps import (
     SessionDep,
     SettingsDep,
 )
-from service.errors import ApiError, Conflict, Invalid, TooManyRequests
+from service.errors import Invalid
 from service.models import TERMINAL, Event, Job, JobStatus, id_pattern
 from service.notify import EventBus, SharedReads
 from service.schemas import (
@@ -50,8 +45,8 @@ from service.schemas import (
     MetricList,
     SampleList,
     SamplePublic,
+    SampleSplit,
 )
-from service.validation import check_dataset, check_model, check_resources, check_reward_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRoute)
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
@@ -62,8 +57,6 @@ SSE_PING_S = 15
 MAX_EVENT_ID = 2**62
 # The fewest points a downsampled series may ask for: the first, the last, one bucket's low and high.
 MIN_CHART_POINTS = 4
-# Jobs run for minutes: a tenant at its active-job limit has nothing to gain from retrying sooner.
-ACTIVE_JOBS_RETRY_AFTER_S = 60
 
 
 def _clean_text(value: str) -> str:
@@ -84,16 +77,6 @@ IdempotencyKey = Annotated[str | None, Header(pattern=r"^[\x21-\x7e]{1,255}$")]
 EventId = Annotated[str | None, Header(pattern=r"^[0-9]{1,19}$"), AfterValidator(_event_id)]
 
 
-def _request_hash(spec: JobSpec, cipher: HeaderCipher) -> str:
-    """What makes two creates "the same request" for an Idempotency-Key: the public spec and, keyed so that
-    the stored hash tells nothing about them, the reward header values (the public spec masks them)."""
-    canonical = json.dumps(spec.public_dict(), sort_keys=True)
-    if headers := spec.header_secrets():
-        # Only with headers: a job without any keeps the hash it had before values counted.
-        canonical += "\n" + cipher.fingerprint(headers)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @router.post("", status_code=201, response_model=JobPublic)
 def create_job(
     spec: JobSpec,
@@ -105,59 +88,18 @@ def create_job(
     queue: QueueDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
-    request_hash = _request_hash(spec, cipher)
-    if idempotency_key and (existing := _idempotent(session, tenant.id, idempotency_key, request_hash)):
-        response.status_code = 200
-        return crud.job_public(existing)
-    for field, reward in spec.http_rewards():
-        check_reward_url(reward.url, settings, field=f"{field}.url")
-    check_dataset(session, tenant, spec, settings)
-    check_model(session, tenant, spec, settings)
-    check_resources(spec, settings)
-    _check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
-    queue_name = spec.queue(settings.default_queue)
-    try:
-        with session.begin_nested():
-            job = crud.insert_job(
-                session,
-                tenant_id=tenant.id,
-                spec_public=spec.public_dict(),
-                secret_headers=cipher.encrypt(spec.header_secrets()),
-                queue=queue_name,
-                total_steps=spec.hyperparameters.steps,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-            )
-    except IntegrityError:
-        # A concurrent retry with the same Idempotency-Key won the insert: answer with its job.
-        existing = _idempotent(session, tenant.id, idempotency_key or "", request_hash)
-        if existing is None:
-            raise
-        response.status_code = 200
-        return crud.job_public(existing)
-    crud.schedule_enqueue(session, job, queue.enqueue)
+    job, created = submit.create_job(
+        session,
+        tenant,
+        spec,
+        settings=settings,
+        cipher=cipher,
+        enqueue=queue.enqueue,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = 200  # a retry with the same Idempotency-Key: the job it created
     return crud.job_public(job)
-
-
-def _check_active_jobs(session: Session, tenant_id: str, limit: int) -> None:
-    active = crud.count_active_jobs(session, tenant_id)
-    if active >= limit:
-        raise TooManyRequests(
-            f"you have {active} active (queued or running) jobs, the most one tenant may have "
-            "(RLFT_MAX_ACTIVE_JOBS_PER_TENANT); wait for some to finish or cancel some, then retry",
-            code="too_many_active_jobs",
-            retry_after_s=ACTIVE_JOBS_RETRY_AFTER_S,
-        )
-
-
-def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
-    job = crud.find_idempotent(session, tenant_id, key)
-    if job is not None and job.request_hash != request_hash:
-        raise Conflict(
-            "this Idempotency-Key was used for a different job spec; use a new key for a new job",
-            code="idempotency_key_reused",
-        )
-    return job
 
 
 @router.get("", response_model=JobList)
@@ -341,36 +283,44 @@ def get_samples(
     session: ReadSessionDep,
     step: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Default: the newest step.")] = None,
     limit: Annotated[int, Query(ge=1, le=4096)] = 1000,
+    split: Annotated[SampleSplit, Query(description="train (rollouts) or eval (held-out).")] = "train",
 ) -> SampleList:
-    found, rows = crud.list_samples(session, job.id, step, limit)
+    found, rows = crud.list_samples(session, job.id, step, limit, split)
     return SampleList(step=found, data=[SamplePublic.model_validate(s, from_attributes=True) for s in rows])
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-def list_checkpoints(job: JobForTenant, session: ReadSessionDep) -> CheckpointList:
-    rows = crud.list_checkpoints(session, job.id)
-    return CheckpointList(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
+def list_checkpoints(
+    job: JobForTenant,
+    session: ReadSessionDep,
+    best: Annotated[bool, Query(description="Only the best (by checkpoints.best_metric).")] = False,
+) -> CheckpointList:
+    rows = crud.list_checkpoints(session, job.id, best=best)
+    return CheckpointList(data=[CheckpointPublic.of(c) for c in rows])
 
 
 @router.get(
     "/{job_id}/checkpoints/{ckpt_id}/archive",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."}},
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "A tar of the model directory."},
+        409: {"description": "variant=merged of a checkpoint without a merged model (no_merged_model)."},
+        410: {"description": "Deleted by the job's retention policy (checkpoint_deleted)."},
+    },
 )
 def checkpoint_archive(
-    job: JobForTenant, session: ReadSessionDep, ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))]
+    request: Request,
+    job: JobForTenant,
+    session: SessionDep,
+    ckpt_id: Annotated[str, Path(pattern=id_pattern("ckpt"))],
+    variant: Annotated[
+        downloads.Variant,
+        Query(description="model: the policy directory (with LoRA, the adapter); merged: LoRA merged."),
+    ] = "model",
 ) -> StreamingResponse:
-    ckpt = crud.get_checkpoint(session, job.id, ckpt_id)
-    fs, path = fsspec.core.url_to_fs(ckpt.location)
-    if not fs.exists(path):
-        raise ApiError(
-            f"the files of checkpoint {ckpt.id} are no longer in the artifact store",
-            code="gone",
-            status_code=410,
-        )
-    root = f"{job.id}-step-{ckpt.step}"
+    archive = downloads.open_archive(session, job, ckpt_id, variant)
     return StreamingResponse(
-        storage.stream_tar(ckpt.location, ckpt.files, root),
+        downloads.leased_stream(request.app.state.session_factory, archive),
         media_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{root}.tar"'},
+        headers={"Content-Disposition": f'attachment; filename="{archive.root}.tar"'},
     )

@@ -429,7 +429,9 @@ async function renderCheckpoints(jobId, box) {
       h("tbody", {}, res.data.map((c) => h("tr", {},
         h("td", {}, c.id), h("td", { className: "num" }, c.step), h("td", { className: "num" }, `${(c.size_bytes / 1e6).toFixed(1)} MB`),
         h("td", {}, c.best ? "best" : ""), h("td", {}, when(c.created_at)),
-        h("td", {}, h("button", { className: "link", onclick: (ev) => download(jobId, c, ev.target) }, "download .tar")),
+        h("td", {}, c.deleted
+          ? h("span", { className: "muted", title: "deleted by the job's retention policy (keep_last / keep_best)" }, "deleted")
+          : h("button", { className: "link", onclick: (ev) => download(jobId, c, ev.target) }, "download .tar")),
       )))));
   } catch (err) {
     showError(box, err);

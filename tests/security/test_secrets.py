@@ -19,7 +19,7 @@ from service.app import create_app
 from service.crypto import HeaderCipher
 from service.db import migrate
 from service.keys import create_api_key
-from service.routers.jobs import _request_hash
+from service.submit import _request_hash
 from tests.rlcore.reward_servers import RunningServer, misbehaving_server
 from tests.service.conftest import job_body, make_settings
 

@@ -1,0 +1,86 @@
+"""Which checkpoints a job keeps in the artifact store, and which one is best (issue 15).
+
+Pure functions over the stored spec and the checkpoint rows; ``crud.checkpoints`` applies the plan after
+each registration, the reaper's sweep removes the files of those let go once no download holds them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    best_metric: str
+    best_mode: Literal["max", "min"]
+    keep_last: int | None  # None: every checkpoint stays
+    keep_best: int
+
+
+def checkpoint_policy(spec: dict[str, Any]) -> CheckpointPolicy:
+    """The job's ``checkpoints`` policy read from its stored spec, defaults resolved.
+
+    The one place the service reads it: jobs stored before the fields existed read as the defaults.
+    """
+    ckpt = spec.get("checkpoints") or {}
+    metric = ckpt.get("best_metric") or (
+        "eval/reward/mean" if spec.get("evaluation") is not None else "reward/mean"
+    )
+    mode = "min" if ckpt.get("best_mode") == "min" else "max"
+    keep_last = ckpt.get("keep_last")
+    keep_best = ckpt.get("keep_best")
+    return CheckpointPolicy(
+        best_metric=metric,
+        best_mode=mode,
+        keep_last=int(keep_last) if keep_last is not None else None,
+        keep_best=int(keep_best) if keep_best is not None else 1,
+    )
+
+
+class _Ckpt(Protocol):
+    id: str
+    step: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    keep: frozenset[str]  # ids that stay
+    best: str | None  # the best of those that stay
+
+
+def score(ckpt: _Ckpt, policy: CheckpointPolicy) -> float | None:
+    value = (ckpt.metrics or {}).get(policy.best_metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def ranked(ckpts: Sequence[_Ckpt], policy: CheckpointPolicy) -> list[_Ckpt]:
+    """Checkpoints that carry the metric, best first; on a tie the newer first."""
+    sign = 1.0 if policy.best_mode == "max" else -1.0
+    scored = [(s, c) for c in ckpts if (s := score(c, policy)) is not None]
+    return [c for _, c in sorted(scored, key=lambda sc: (sign * sc[0], sc[1].step), reverse=True)]
+
+
+def plan(ckpts: Sequence[_Ckpt], policy: CheckpointPolicy) -> Plan:
+    """Keep the newest ``keep_last``, the best ``keep_best`` and the newest (a resume starts from it).
+
+    The best is the top of the ranking among those kept; without any checkpoint carrying the metric, the
+    newest.
+    """
+    if not ckpts:
+        return Plan(frozenset(), None)
+    by_step = sorted(ckpts, key=lambda c: c.step, reverse=True)
+    best_first = ranked(ckpts, policy)
+    if policy.keep_last is None:
+        keep = {c.id for c in ckpts}
+    else:
+        keep = {c.id for c in by_step[: policy.keep_last]}
+        keep |= {c.id for c in best_first[: policy.keep_best]}
+        keep.add(by_step[0].id)
+    best = next((c.id for c in best_first if c.id in keep), by_step[0].id)
+    return Plan(frozenset(keep), best)
