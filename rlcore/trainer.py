@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +26,18 @@ import torch
 from rlcore import algorithms as alg
 from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback, CallbackList
-from rlcore.critic import SHARED, policy_and_values, value_metrics
+from rlcore.critic import SHARED, policy_and_values
 from rlcore.data import PromptCursor, load_rows, render_prompt
 from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
-from rlcore.rewards import component_metrics, make_job_scorer
+from rlcore.rewards import make_job_scorer
+from rlcore.rewards.scoring import RewardLog, ScoredRollout, reward_items, score_items
 from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
-from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
+from rlcore.state import TrainerState, capture_rng, restore_rng
+from rlcore.step_metrics import step_metrics, timing_metrics
+from rlcore.update import Batch, clip_and_step, policy_loss
 
 # The seed's two methods: PPO's advantages come from GAE over a critic, GRPO's from comparing a group.
 ADVANTAGE_ESTIMATORS = {
@@ -52,21 +53,6 @@ class TrainResult:
     output_dir: str
     last_checkpoint: str | None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Batch:
-    """One rollout ready for updates. All tensors are (B, T) unless noted."""
-
-    rollout: Rollout
-    scores: torch.Tensor  # (B,) sequence rewards
-    advantages: torch.Tensor
-    old_logprobs: torch.Tensor | None  # None: use the detached current ones (ratio exactly 1)
-    ref_logprobs: torch.Tensor | None
-    old_values: torch.Tensor | None
-    returns: torch.Tensor | None
-    mask: torch.Tensor  # response mask with skipped samples zeroed
-    kl: torch.Tensor | None = None  # KL to the reference at rollout time, when it penalises the reward
 
 
 def train(
@@ -189,9 +175,7 @@ class Trainer:
         return min(self.minibatch_size, self.hp.micro_batch_size or self.minibatch_size)
 
     def _restore(self, directory: Path) -> None:
-        opt = torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+        ckpt.load_optimizer_state(directory, self.optimizer, self.scheduler)
         self.state = TrainerState.load(directory)
         self.cursor.load_state_dict(self.state.cursor)
         self.kl_ctl.load_state_dict(self.state.kl)
@@ -262,28 +246,28 @@ class Trainer:
             self.callbacks.on_event(level, message, data)
 
     def step(self) -> dict[str, float]:
+        """One step: rollout → score → advantages → updates; its metrics."""
         t0 = time.perf_counter()
         rollout = self._rollout()
         t1 = time.perf_counter()
-        scores, keep, samples, reward_metrics = self._score(rollout)
+        scored = self._score(rollout)
         t2 = time.perf_counter()
-        batch = self._prepare(rollout, scores, keep)
+        batch = self._prepare(rollout, scored.scores, scored.keep)
         train_metrics = self._update(batch)
         t3 = time.perf_counter()
-        metrics = self._step_metrics(batch, train_metrics, reward_metrics)
+        metrics = step_metrics(
+            self.acc,
+            batch,
+            train_metrics,
+            scored.metrics,
+            group_size=self.hp.group_size,
+            is_ppo=self.is_ppo,
+            kl_coef=self.kl_ctl.value,
+        )
         if "kl/mean" in metrics:  # the KL averaged over ranks, so every rank's coefficient stays the same
             self.kl_ctl.update(metrics["kl/mean"], self.spec.rollout_batch_size)
-        n_tokens = float(self.acc.reduce(batch.rollout.response_mask.sum().float(), reduction="sum").item())
-        metrics.update(
-            {
-                "time/generate_s": t1 - t0,
-                "time/reward_s": t2 - t1,
-                "time/train_s": t3 - t2,
-                "time/step_s": t3 - t0,
-                "throughput/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
-                "memory/peak_bytes": float(_peak_memory()),
-            }
-        )
+        metrics.update(timing_metrics(self.acc, batch, t1 - t0, t2 - t1, t3 - t2))
+        samples = scored.samples(self.hp.samples_per_step)
         if self.acc.is_main_process and samples:
             self.callbacks.on_samples(self.state.step + 1, samples)
         return metrics
@@ -311,59 +295,28 @@ class Trainer:
             top_p=hp.top_p,
         )
 
-    def _score(self, rollout: Rollout):
-        """Sequence rewards (B,), which samples to keep (B,), per-sample records, reward metrics."""
-        from rlcore.rewards.base import RewardItem
-
-        G, step = self.hp.group_size, self.state.step + 1
-        rows = [r for r in self.local_rows for _ in range(G)]
-        items = [
-            RewardItem(
-                id=f"{step}-{self.rank * len(self.local_rows) + i // G}-{i % G}",
-                prompt=p,
-                completion=c,
-                group=self.rank * len(self.local_rows) + i // G,
-                label=row.get("label"),
-                metadata=row.get("metadata") or {},
-            )
-            for i, (p, c, row) in enumerate(zip(rollout.prompts, rollout.completions, rows, strict=True))
-        ]
-        result = self.reward_log.lookup(step, items)
-        replayed = result is not None
-        if result is None:
-            result = self.scorer.score(step, items)
-            self.reward_log.record(step, items, result)
-        keep = torch.tensor([r is not None for r in result.rewards], dtype=torch.bool)
-        raw = torch.tensor(
-            [r if r is not None else float("nan") for r in result.rewards], dtype=torch.float32
+    def _score(self, rollout: Rollout) -> ScoredRollout:
+        """The rollout's rewards (through the reward log, so a replayed step asks no endpoint twice)."""
+        step = self.state.step + 1
+        items = reward_items(
+            str(step),
+            rollout.prompts,
+            rollout.completions,
+            self.local_rows,
+            self.hp.group_size,
+            first_group=self.rank * len(self.local_rows),
         )
-        # A skipped sample takes its group's mean so that it moves no advantage; its tokens are masked out.
-        groups = raw.view(-1, G)
-        fill = torch.nan_to_num(torch.nanmean(groups, dim=1, keepdim=True), nan=0.0).expand_as(groups)
-        scores = torch.where(torch.isnan(groups), fill, groups).reshape(-1)
-        n = min(self.hp.samples_per_step, len(items))
-        samples = [
-            {
-                "index": i,
-                "group": items[i].group,
-                "prompt": items[i].prompt,
-                "completion": items[i].completion,
-                "reward": result.rewards[i],
-                "label": items[i].label,
-                "error": result.errors[i],
-                "components": result.components[i],
-            }
-            for i in range(n)
-        ]
-        components = result.components
-        if self.world > 1:
-            from accelerate.utils import gather_object
+        scored = score_items(self.scorer, self.reward_log, step, items, self.hp.group_size, self._gather)
+        scored.scores, scored.keep = scored.scores.to(self.acc.device), scored.keep.to(self.acc.device)
+        return scored
 
-            components = gather_object(list(components))
-        metrics = {**result.metrics, **component_metrics(components)}
-        if replayed:
-            metrics["reward_endpoint/replayed"] = 1.0
-        return scores.to(self.acc.device), keep.to(self.acc.device), samples, metrics
+    def _gather(self, objects: list) -> list:
+        """Every rank's ``objects``, concatenated in rank order (the list itself with one process)."""
+        if self.world == 1:
+            return objects
+        from accelerate.utils import gather_object
+
+        return gather_object(objects)
 
     # ---- advantages ----------------------------------------------------------------------------------------
 
@@ -471,7 +424,10 @@ class Trainer:
                 self.acc.backward(loss * weight)
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) * float(weight)
-        metrics.update(zip(("optim/grad_norm", "optim/value_grad_norm"), self._clip_and_step(), strict=False))
+        norms = clip_and_step(
+            self.acc, self.optimizer, self.scheduler, self.hp.max_grad_norm, step=self.state.step + 1
+        )
+        metrics.update(zip(("optim/grad_norm", "optim/value_grad_norm"), norms, strict=False))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
@@ -485,7 +441,9 @@ class Trainer:
         out, values = self._forward(self.policy, self.value, batch.rollout, micro, **asked)
         loss, metrics = torch.zeros((), device=mask.device), {}
         if not warmup:
-            loss, metrics = self._policy_loss(batch, micro, out.logprobs.float(), out.entropy)
+            loss, metrics = policy_loss(
+                batch, micro, out.logprobs.float(), out.entropy, self.hp, kl_coef=self.kl_ctl.value
+            )
         if values is not None:
             v_loss, vm = alg.value_loss(
                 values, batch.old_values[micro], batch.returns[micro], mask, hp.value_clip, agg=hp.loss_agg
@@ -496,93 +454,10 @@ class Trainer:
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
-    def _policy_loss(self, batch: Batch, micro: torch.Tensor, logprobs: torch.Tensor, entropy: torch.Tensor):
-        hp, mask = self.hp, batch.mask[micro]
-        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logprobs.detach()
-        loss, pm = alg.ppo_clip_loss(
-            logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high, agg=hp.loss_agg
-        )
-        metrics = {
-            "loss/policy": loss.detach(),
-            "policy/clipfrac": pm["clipfrac"],
-            "policy/approx_kl": pm["approx_kl"],
-            "policy/entropy": alg.masked_mean(entropy.detach(), mask),
-        }
-        if hp.entropy_coef > 0:
-            bonus = alg.entropy_bonus(entropy, mask, hp.entropy_coef, agg=hp.loss_agg)
-            loss = loss + bonus
-            metrics["loss/entropy"] = bonus.detach()
-        if batch.ref_logprobs is not None:
-            kl = alg.kl_estimate(logprobs, batch.ref_logprobs[micro], hp.kl_estimator)
-            metrics["kl/mean"] = alg.masked_mean(kl.detach(), mask)
-            if hp.kl_in == "loss":
-                kl_loss = alg.aggregate(kl, mask, hp.loss_agg)
-                loss = loss + self.kl_ctl.value * kl_loss
-                metrics["loss/kl"] = kl_loss.detach()
-        return loss, metrics
-
-    def _clip_and_step(self) -> list[float]:
-        """Clip each parameter group (the policy; the critic) to ``max_grad_norm`` on its own, so that a
-        large value loss cannot use up the policy's step; step. The groups' gradient norms."""
-        norms = []
-        for group in self.optimizer.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:  # the policy during critic warm-up
-                norms.append(0.0)
-            elif self.hp.max_grad_norm is not None:
-                norms.append(float(self.acc.clip_grad_norm_(params, self.hp.max_grad_norm)))
-            else:
-                norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in params]))))
-        if not all(math.isfinite(n) for n in norms):
-            raise TrainingDiverged(
-                f"the gradient norm is {max(norms)} at step {self.state.step + 1}: lower "
-                "hyperparameters.learning_rate or check the rewards"
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norms
-
-    # ---- metrics -------------------------------------------------------------------------------------------
-
-    def _step_metrics(
-        self, batch: Batch, train: dict[str, float], reward: dict[str, float]
-    ) -> dict[str, float]:
-        G = self.hp.group_size
-        scores = self.acc.gather(batch.scores.float())
-        lengths = self.acc.gather(batch.rollout.response_mask.sum(dim=1).float())
-        truncated = self.acc.gather(batch.rollout.truncated.float())
-        m: dict[str, float] = {
-            "reward/mean": scores.mean().item(),
-            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-            "reward/min": scores.min().item(),
-            "reward/max": scores.max().item(),
-            "completion/length_mean": lengths.mean().item(),
-            "completion/clipped_ratio": truncated.mean().item(),
-            "kl/coef": float(self.kl_ctl.value),
-        }
-        if not self.is_ppo:
-            std = scores.view(-1, G).std(dim=1)
-            m["reward/frac_zero_std_groups"] = (std < 1e-6).float().mean().item()
-        else:
-            m.update(value_metrics(batch.old_values, batch.returns, batch.mask))
-        for k, v in train.items():
-            m[k] = (
-                float(self.acc.reduce(torch.tensor(v, device=self.acc.device), reduction="mean").item())
-                if self.world > 1
-                else v
-            )
-        if batch.kl is not None:  # the rollout's KL, not the updates' (they drift over epochs)
-            m["kl/mean"] = self.acc.reduce(alg.masked_mean(batch.kl, batch.mask), reduction="mean").item()
-        m.update(reward)
-        return m
-
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def save_checkpoint(self, final: bool = False) -> str:
-        from accelerate.utils import gather_object
-
-        rng_states = gather_object([capture_rng()])
+        rng_states = self._gather([capture_rng()])
         self.state.cursor = self.cursor.state_dict()
         self.state.kl = self.kl_ctl.state_dict()
         self.state.reward_moments = self.reward_moments.tolist()
@@ -593,35 +468,19 @@ class Trainer:
             path, manifest = ckpt.save_checkpoint(
                 self.output_dir,
                 self.state.step,
-                lambda d: self._write_checkpoint(d, merge),
+                lambda d: ckpt.write_training_state(
+                    d,
+                    policy=self.acc.unwrap_model(self.policy),
+                    tokenizer=self.tokenizer,
+                    value_model=self.acc.unwrap_model(self.value) if self.value is not None else None,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    state=self.state,
+                    merge_lora=merge,
+                ),
                 keep=self.hp.keep_checkpoints,
             )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             self.callbacks.on_checkpoint(self.state.step, str(path), manifest)
         return str(path) if path else ""
-
-    def _write_checkpoint(self, directory: Path, merge: bool = False) -> None:
-        policy = self.acc.unwrap_model(self.policy)
-        policy.save_pretrained(directory / "model", safe_serialization=True)
-        self.tokenizer.save_pretrained(directory / "model")
-        if merge:  # a plain model beside the adapter, for tools that do not read adapters
-            import copy
-
-            copy.deepcopy(policy).merge_and_unload().save_pretrained(
-                directory / "merged", safe_serialization=True
-            )
-            self.tokenizer.save_pretrained(directory / "merged")
-        if self.value is not None:
-            self.acc.unwrap_model(self.value).save(directory / "value_model")
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            directory / "optimizer.pt",
-        )
-        self.state.save(directory)
-
-
-def _peak_memory() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
