@@ -24,6 +24,7 @@ EVAL_REWARD_STD = "eval/reward/std"
 EVAL_LENGTH_MEAN = "eval/length_mean"
 EVAL_PASS_AT_K = "eval/pass@k"  # prompts with at least one of their k completions passing
 EVAL_MEAN_AT_K = "eval/mean@k"  # mean over prompts of the fraction of their k completions passing
+EVAL_TIME_S = "eval/time_s"  # wall time of the evaluation (generation and scoring)
 
 TRAINING_METRICS = frozenset(
     {
@@ -62,7 +63,7 @@ def default_best_metric(spec: JobSpec) -> str:
 
 def eval_metric_names(samples_per_prompt: int) -> list[str]:
     """The fixed evaluation metrics (components come on top: ``eval/reward/<component>/mean``)."""
-    names = [EVAL_REWARD_MEAN, EVAL_REWARD_STD, EVAL_LENGTH_MEAN]
+    names = [EVAL_REWARD_MEAN, EVAL_REWARD_STD, EVAL_LENGTH_MEAN, EVAL_TIME_S]
     return names + ([EVAL_PASS_AT_K, EVAL_MEAN_AT_K] if samples_per_prompt > 1 else [])
 
 
@@ -89,8 +90,8 @@ def produces_metric(spec: JobSpec, name: str) -> bool:
         return hp.kl_coef > 0 and hp.kl_in == "loss"
     if name == "loss/entropy":
         return hp.entropy_coef > 0
-    if name.startswith("reward_endpoint/"):
-        return bool(spec.http_rewards())
+    if name.startswith("reward_endpoint/"):  # call statistics of any reward source (per entry with rewards)
+        return True
     for stat in ("/mean", "/std"):
         if name.startswith("reward/") and name.endswith(stat):
             return _is_component(spec, name[7 : -len(stat)])

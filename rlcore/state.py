@@ -26,6 +26,10 @@ class TrainerState:
     # PPO's running reward moments [count, mean, M2] (float64: exact through JSON). Critic warm-up needs
     # nothing here: it is the first critic_warmup_steps steps, and ``step`` says where the run is.
     reward_moments: list[float] = field(default_factory=list)
+    # The step of the last evaluation (-1: none yet), so a resumed run never repeats one; early stopping's
+    # best value, its step and the observations since (rlcore.early_stop).
+    last_eval_step: int = -1
+    early_stop: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
         (directory / STATE_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")

@@ -52,18 +52,18 @@ def reward_items(
     prompts: Sequence[str],
     completions: Sequence[str],
     rows: Sequence[dict[str, Any]],
-    group_size: int,
-    first_group: int,
+    groups: Sequence[int],
 ) -> list[RewardItem]:
-    """One item per completion; ``rows`` holds one row per group, ids read ``<prefix>-<group>-<i>``."""
-    G = group_size
+    """One item per completion, G = len(completions) / len(rows) consecutive ones per row; ``groups`` numbers
+    the rows (across ranks), ids read ``<prefix>-<group>-<i>``."""
+    G = len(completions) // max(1, len(rows))
     expanded = [r for r in rows for _ in range(G)]
     return [
         RewardItem(
-            id=f"{prefix}-{first_group + i // G}-{i % G}",
+            id=f"{prefix}-{groups[i // G]}-{i % G}",
             prompt=p,
             completion=c,
-            group=first_group + i // G,
+            group=groups[i // G],
             label=row.get("label"),
             metadata=row.get("metadata") or {},
         )
@@ -108,12 +108,13 @@ class RewardLog:
     A record is reused only when the replayed step produced the very same prompts and completions.
     """
 
-    def __init__(self, directory: Path, rank: int):
+    def __init__(self, directory: Path, rank: int, kind: str = "step"):
         self.directory = directory
         self.rank = rank
+        self.kind = kind  # "step" (training) or "eval": the two never share a record
 
     def _path(self, step: int) -> Path:
-        return self.directory / f"step-{step:06d}.rank{self.rank}.json"
+        return self.directory / f"{self.kind}-{step:06d}.rank{self.rank}.json"
 
     @staticmethod
     def _digest(items) -> str:
@@ -152,5 +153,5 @@ class RewardLog:
         )
         os.replace(tmp, self._path(step))
         # Older records are never needed again once a checkpoint past them exists; keep the last few.
-        for old in sorted(self.directory.glob(f"step-*.rank{self.rank}.json"))[:-64]:
+        for old in sorted(self.directory.glob(f"{self.kind}-*.rank{self.rank}.json"))[:-64]:
             old.unlink(missing_ok=True)
