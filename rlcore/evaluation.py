@@ -34,7 +34,7 @@ from rlcore.rollout import generate
 from rlcore.spec import EvaluationSpec, JobSpec
 
 SPLIT = "eval"
-TRAIN_SPLIT = "train"
+MAX_SAMPLES = 4096  # sample records delivered per evaluation (the first ones, in prompt order)
 _SEED_STRIDE = 1_000_003  # keeps the (seed, step) streams of neighbouring runs apart
 
 
@@ -116,9 +116,8 @@ class Evaluator:
         everyone = sorted(self.gather(per_prompt), key=lambda p: p["group"])
         metrics = self._metrics(everyone)
         metrics[names.EVAL_TIME_S] = time.perf_counter() - t0
-        samples = [
-            {**record, "index": i} for i, record in enumerate(r for p in everyone for r in p["records"])
-        ]
+        records = [r for p in everyone for r in p["records"]][:MAX_SAMPLES]
+        samples = [{**record, "index": i} for i, record in enumerate(records)]
         return EvalResult(step, metrics, samples)
 
     # ---- generate, score -----------------------------------------------------------------------------------
