@@ -228,3 +228,37 @@ def test_eval_rows_from_a_file_and_overlap_with_training_warns(tmp_path, tiny_mo
     missing = JobSpec.model_validate({**base, "evaluation": {"dataset": {"path": str(tmp_path / "nope")}}})
     with pytest.raises(DatasetError, match="evaluation.dataset.path"):
         train(missing, tmp_path / "missing")
+
+
+def test_eval_is_scored_by_the_jobs_http_endpoint_and_replayed_from_its_log(
+    tmp_path, tiny_model_path, server
+):
+    base = job(tiny_model_path, steps=1).model_dump(mode="json", by_alias=True)
+    base.pop("rewards")
+    spec = JobSpec.model_validate(
+        {
+            **base,
+            "reward": {"url": server.url("/ok")},
+            "evaluation": {"dataset": {"rows": [{"prompt": p} for p in EVAL_PROMPTS]}, "every_steps": 1},
+        }
+    )
+    rec = Recorder()
+    train(spec, tmp_path, callbacks=[rec])
+    ids = [i["id"] for r in server.state.seen("/ok") for i in r["body"]["items"]]
+    assert [i for i in ids if i.startswith("eval-")] == [f"eval-{s}-{g}-0" for s in (0, 1) for g in range(3)]
+    baseline = rec.metrics[0][1]
+    completions = [s["completion"] for s in rec.eval_samples()[0]]
+    # The endpoint's reward is len(completion) / 10, its component "len" the length.
+    assert baseline["eval/reward/mean"] == pytest.approx(sum(len(c) / 10 for c in completions) / 3)
+    assert baseline["eval/reward/len/mean"] == pytest.approx(sum(len(c) for c in completions) / 3)
+    # The evaluation's rewards are in the run's reward log, apart from training's, for a replayed step.
+    assert sorted(p.name for p in (tmp_path / "rewards").glob("eval-*")) == [
+        "eval-000000.rank0.json",
+        "eval-000001.rank0.json",
+    ]
+    # A run that does the same steps again (here: from scratch, same seed) asks the endpoint nothing.
+    asked = len(server.state.seen("/ok"))
+    again = Recorder()
+    train(spec, tmp_path, resume=False, callbacks=[again])
+    assert len(server.state.seen("/ok")) == asked
+    assert again.metrics[0][1]["eval/reward/mean"] == baseline["eval/reward/mean"]
