@@ -10,6 +10,11 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
    ones (no second forward), so the ratio is exactly 1 and PPO-clip reduces to the policy gradient, as in
    TRL. PPO's defaults (several epochs over minibatches) take them in a forward before any update.
 4. Under data parallelism each rank aggregates its own tokens and gradients are averaged across ranks.
+
+Where the pieces live: sampling in ``rlcore.rollout``, scoring and the reward log in
+``rlcore.rewards.scoring``, the advantage math in ``rlcore.algorithms``, the update loop and loss terms in
+``rlcore.update``, step metrics in ``rlcore.step_metrics``, checkpoint files in ``rlcore.checkpoint``,
+held-out evaluation in ``rlcore.evaluation`` and early stopping in ``rlcore.early_stop``.
 """
 
 from __future__ import annotations
