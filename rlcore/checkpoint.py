@@ -154,3 +154,50 @@ def prune(output_dir: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(d, ignore_errors=True)
     for d in checkpoint_root(output_dir).glob(".tmp-*"):
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- a trainer's checkpoint: what it writes, what a resume reads back -------------------------------------
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def write_training_state(
+    directory: Path,
+    *,
+    policy,
+    tokenizer,
+    value_model,
+    optimizer,
+    scheduler,
+    state,
+    merge_lora: bool = False,
+) -> None:
+    """Fill ``directory`` with the layout of the module docstring (everything but the manifest).
+
+    ``policy`` and ``value_model`` are unwrapped (not the data-parallel wrappers); ``state`` is the
+    ``TrainerState`` to resume from."""
+    import torch
+
+    policy.save_pretrained(directory / "model", safe_serialization=True)
+    tokenizer.save_pretrained(directory / "model")
+    if merge_lora:  # a plain model beside the adapter, for tools that do not read adapters
+        import copy
+
+        merged = copy.deepcopy(policy).merge_and_unload()
+        merged.save_pretrained(directory / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(directory / "merged")
+    if value_model is not None:
+        value_model.save(directory / "value_model")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER_FILE
+    )
+    state.save(directory)
+
+
+def load_optimizer_state(directory: Path, optimizer, scheduler) -> None:
+    """Restore the optimizer and scheduler written by ``write_training_state`` (tensors only)."""
+    import torch
+
+    saved = torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])

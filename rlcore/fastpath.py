@@ -189,12 +189,14 @@ def fast_sample(
         logits = torch.mm(hidden, lm_head).float()
         if model.lm_head.bias is not None:
             logits = logits + model.lm_head.bias
-        if temperature != 1.0:
-            logits = logits / temperature
-        # softmax + multinomial, one call per token, and a stop as soon as every row is done: generate()'s
-        # use of the random stream, so a seed gives the same samples on either path (tests tuned on one
-        # hold on the other). A Gumbel-max draw would be a little faster but would change every sample.
-        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
+        if temperature == 0:  # greedy decoding (evaluation): no draw from the random stream
+            token = logits.argmax(dim=-1)
+        else:
+            # softmax + multinomial, one call per token, and a stop as soon as every row is done:
+            # generate()'s use of the random stream, so a seed gives the same samples on either path (tests
+            # tuned on one hold on the other). A Gumbel-max draw would be a little faster but would change
+            # every sample.
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
         out[:, t] = token.masked_fill_(done, pad_token_id)
         done |= (token == eos[0]) if len(eos) == 1 else torch.isin(token, eos)
         if t + 1 == max_new_tokens or bool(done.all()):

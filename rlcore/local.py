@@ -74,9 +74,8 @@ class ProgressBar(Callback):
         self.progress.start()
 
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        info = f"reward {metrics.get('reward/mean', float('nan')):.3f}"
-        if "kl/mean" in metrics:
-            info += f"  kl {metrics['kl/mean']:.4f}"
+        shown = (("reward/mean", "reward", 3), ("kl/mean", "kl", 4), ("eval/reward/mean", "eval", 3))
+        info = "  ".join(f"{label} {metrics[k]:.{n}f}" for k, label, n in shown if k in metrics)
         self.progress.update(self.task, completed=step, info=info)
 
     def on_event(self, level: str, message: str, data=None) -> None:

@@ -63,7 +63,8 @@ def generate(
     temperature: float,
     top_p: float,
 ) -> Rollout:
-    """Sample one completion per prompt (repeat prompts for groups) with the KV cache."""
+    """Sample one completion per prompt (repeat prompts for groups) with the KV cache; ``temperature`` 0
+    decodes greedily."""
     device = next(model.parameters()).device
     enc = tokenizer(
         prompts,
@@ -99,11 +100,9 @@ def _hf_sample(
     model.eval()
     # A fresh generation config: a hub model's generation_config.json (repetition penalty, top_k, …) would
     # otherwise reshape the sampling distribution away from the policy the training forward scores.
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     config = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
+        **(sampling if temperature > 0 else {"do_sample": False}),  # temperature 0: greedy (evaluation)
         max_new_tokens=max_new_tokens,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,

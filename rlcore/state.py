@@ -1,5 +1,4 @@
-"""Training state beyond the weights: step, data cursor, KL controller, running reward statistics, RNG;
-and the reward log.
+"""Training state beyond the weights: step, data cursor, KL controller, running reward statistics, RNG.
 
 Everything here is JSON: resuming never unpickles a file.
 """
@@ -7,9 +6,7 @@ Everything here is JSON: resuming never unpickles a file.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +26,10 @@ class TrainerState:
     # PPO's running reward moments [count, mean, M2] (float64: exact through JSON). Critic warm-up needs
     # nothing here: it is the first critic_warmup_steps steps, and ``step`` says where the run is.
     reward_moments: list[float] = field(default_factory=list)
+    # The step of the last evaluation (-1: none yet), so a resumed run never repeats one; early stopping's
+    # best value, its step and the observations since (rlcore.early_stop).
+    last_eval_step: int = -1
+    early_stop: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
         (directory / STATE_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -64,59 +65,3 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _py_state(st):
     version, internal, gauss = st
     return [version, list(internal), gauss]
-
-
-class RewardLog:
-    """Rewards received per step, so a step replayed after a crash reuses them instead of asking again.
-
-    A record is reused only when the replayed step produced the very same prompts and completions.
-    """
-
-    def __init__(self, directory: Path, rank: int):
-        self.directory = directory
-        self.rank = rank
-
-    def _path(self, step: int) -> Path:
-        return self.directory / f"step-{step:06d}.rank{self.rank}.json"
-
-    @staticmethod
-    def _digest(items) -> str:
-        h = hashlib.sha256()
-        for it in items:
-            h.update(json.dumps([it.id, it.prompt, it.completion]).encode())
-        return h.hexdigest()
-
-    def lookup(self, step: int, items):
-        from rlcore.rewards.base import RewardBatchResult
-
-        path = self._path(step)
-        if not path.exists():
-            return None
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None
-        if rec.get("digest") != self._digest(items):
-            return None
-        return RewardBatchResult(
-            rewards=rec["rewards"], errors=rec["errors"], components=rec["components"], metrics={}
-        )
-
-    def record(self, step: int, items, result) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(step).with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "digest": self._digest(items),
-                    "rewards": result.rewards,
-                    "errors": result.errors,
-                    "components": result.components,
-                }
-            ),
-            encoding="utf-8",
-        )
-        os.replace(tmp, self._path(step))
-        # Older records are never needed again once a checkpoint past them exists; keep the last few.
-        for old in sorted(self.directory.glob(f"step-*.rank{self.rank}.json"))[:-64]:
-            old.unlink(missing_ok=True)

@@ -10,14 +10,16 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
    ones (no second forward), so the ratio is exactly 1 and PPO-clip reduces to the policy gradient, as in
    TRL. PPO's defaults (several epochs over minibatches) take them in a forward before any update.
 4. Under data parallelism each rank aggregates its own tokens and gradients are averaged across ranks.
+
+Where the pieces live: sampling in ``rlcore.rollout``, scoring and the reward log in
+``rlcore.rewards.scoring``, the advantage math in ``rlcore.algorithms``, the update loop and loss terms in
+``rlcore.update``, step metrics in ``rlcore.step_metrics``, checkpoint files in ``rlcore.checkpoint``,
+held-out evaluation in ``rlcore.evaluation`` and early stopping in ``rlcore.early_stop``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +30,20 @@ import torch
 from rlcore import algorithms as alg
 from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback, CallbackList
-from rlcore.critic import SHARED, policy_and_values, value_metrics
+from rlcore.critic import SHARED, policy_and_values
 from rlcore.data import PromptCursor, load_rows, render_prompt
-from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
+from rlcore.early_stop import EarlyStopper
+from rlcore.errors import Interrupted, OutOfMemory, RLFTError
+from rlcore.evaluation import Evaluator, load_eval_rows, overlap_warning
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
-from rlcore.rewards import component_metrics, make_job_scorer
+from rlcore.rewards import make_job_scorer
+from rlcore.rewards.scoring import RewardLog, ScoredRollout, reward_items, score_items
 from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
-from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
+from rlcore.state import TrainerState, capture_rng, restore_rng
+from rlcore.step_metrics import step_metrics, timing_metrics
+from rlcore.update import Batch, BatchSizes, Updater, micro_slices
 
 # The seed's two methods: PPO's advantages come from GAE over a critic, GRPO's from comparing a group.
 ADVANTAGE_ESTIMATORS = {
@@ -52,21 +59,7 @@ class TrainResult:
     output_dir: str
     last_checkpoint: str | None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Batch:
-    """One rollout ready for updates. All tensors are (B, T) unless noted."""
-
-    rollout: Rollout
-    scores: torch.Tensor  # (B,) sequence rewards
-    advantages: torch.Tensor
-    old_logprobs: torch.Tensor | None  # None: use the detached current ones (ratio exactly 1)
-    ref_logprobs: torch.Tensor | None
-    old_values: torch.Tensor | None
-    returns: torch.Tensor | None
-    mask: torch.Tensor  # response mask with skipped samples zeroed
-    kl: torch.Tensor | None = None  # KL to the reference at rollout time, when it penalises the reward
+    stopped_early: bool = False  # early_stop ended the run (status is still "succeeded")
 
 
 def train(
@@ -130,17 +123,17 @@ class Trainer:
             )
         set_seed(self.hp.seed + self.rank)
         self.resume_dir = self._find_resume(resume)
-        self._load_models()
-        self.rows = load_rows(spec.dataset)
-        self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
-        self.cursor = PromptCursor(len(self.rows), self.hp.seed)
-        self.kl_ctl = alg.make_kl_controller(self.hp.kl_coef, self.hp.kl_target, self.hp.kl_horizon)
         self._forward = functools.partial(  # the policy (and critic) on micro-batches of a rollout
             policy_and_values,
             shared=self.hp.value_model == SHARED,
             temperature=self.hp.temperature,
             chunk_size=self.hp.logprob_chunk_size,
         )
+        self._load_models()
+        self.rows = load_rows(spec.dataset)
+        self.prompts = [render_prompt(r, self.tokenizer) for r in self.rows]
+        self.cursor = PromptCursor(len(self.rows), self.hp.seed)
+        self.kl_ctl = alg.make_kl_controller(self.hp.kl_coef, self.hp.kl_target, self.hp.kl_horizon)
         self.scorer = make_job_scorer(
             spec,
             reward_fn=reward_fn,
@@ -152,6 +145,9 @@ class Trainer:
         self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
         self.state = TrainerState(step=0)
         self.reward_moments = alg.empty_moments()  # running reward statistics (reward_norm="running")
+        self.evaluator = self._make_evaluator()
+        metric = spec.early_stop_metric()
+        self.stopper = EarlyStopper.from_spec(spec.early_stop, metric) if metric else None
         if self.resume_dir is not None:
             self._restore(self.resume_dir)
 
@@ -163,40 +159,54 @@ class Trainer:
             self._event("warning", f"skipping checkpoint {b.name}: its manifest does not verify")
         return found
 
+    def _make_evaluator(self) -> Evaluator | None:
+        if self.spec.evaluation is None:
+            return None
+        rows = load_eval_rows(self.spec.evaluation)
+        if warning := overlap_warning(rows, self.rows):
+            self._event("warning", *warning)
+        return Evaluator(
+            self.spec,
+            rows,
+            self.tokenizer,
+            self.scorer,
+            self.output_dir / "rewards",
+            rank=self.rank,
+            world=self.world,
+            gather=self._gather,
+        )
+
     def _load_models(self) -> None:
         spec = self.spec
         self.tokenizer = load_tokenizer(spec.model)
         policy, self.reference, value = load_models(spec, self.acc.device, self.mixed_bf16, self.resume_dir)
         optimizer = make_optimizer(policy, value, self.hp)
-        total = self.hp.steps * self.hp.epochs_per_rollout * self.num_minibatches
+        self.sizes = BatchSizes.of(spec, self.world)
+        total = self.hp.steps * self.hp.epochs_per_rollout * self.sizes.num_minibatches
         scheduler = make_scheduler(optimizer, self.hp, total)
         models = [policy] if value is None else [policy, value]
         *models, self.optimizer, self.scheduler = self.acc.prepare(*models, optimizer, scheduler)
         self.policy, self.value = models[0], (models[1] if value is not None else None)
-
-    @property
-    def num_minibatches(self) -> int:
-        local = self.spec.rollout_batch_size // self.world
-        return max(1, local // self.minibatch_size)
-
-    @property
-    def minibatch_size(self) -> int:
-        local = self.spec.rollout_batch_size // self.world
-        return min(local, (self.hp.minibatch_size or self.spec.rollout_batch_size) // self.world or 1)
-
-    @property
-    def micro_batch_size(self) -> int:
-        return min(self.minibatch_size, self.hp.micro_batch_size or self.minibatch_size)
+        self.updater = Updater(
+            self.acc,
+            self.policy,
+            self.value,
+            self.optimizer,
+            self.scheduler,
+            self.hp,
+            self.sizes,
+            self._forward,
+        )
 
     def _restore(self, directory: Path) -> None:
-        opt = torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+        ckpt.load_optimizer_state(directory, self.optimizer, self.scheduler)
         self.state = TrainerState.load(directory)
         self.cursor.load_state_dict(self.state.cursor)
         self.kl_ctl.load_state_dict(self.state.kl)
         self.reward_moments = torch.tensor(self.state.reward_moments or [0.0] * 3, dtype=torch.float64)
         restore_rng(self.state.rng[self.rank] if self.rank < len(self.state.rng) else self.state.rng[0])
+        if self.stopper is not None:
+            self.stopper.load_state_dict(self.state.early_stop)
         self._event(
             "info",
             f"resumed from checkpoint {directory.name} at step {self.state.step}",
@@ -212,23 +222,28 @@ class Trainer:
         hp = self.hp
         last_ckpt = str(self.resume_dir) if self.resume_dir else None
         metrics: dict[str, float] = {}
+        stopped_early = False
         if self.acc.is_main_process:
             self.callbacks.on_train_start(self.state.step, hp.steps)
         try:
-            while self.state.step < hp.steps:
+            if self.evaluator is not None and self.state.step == 0 and self.state.last_eval_step != 0:
+                metrics = self._baseline()
+                last_ckpt = self.save_checkpoint()  # the untrained model can be the best one too
+            while self.state.step < hp.steps and not stopped_early:
                 if self._stop_requested(should_stop):
                     last_ckpt = self.save_checkpoint()
                     raise Interrupted(f"stopped at step {self.state.step} on request; checkpoint written")
                 metrics = self.step()
                 self.state.step += 1
+                stopped_early = self._evaluate_and_observe(metrics)
+                s = self.state.step
                 if self.acc.is_main_process:
-                    self.callbacks.on_step_end(self.state.step, metrics)
-                if (
-                    hp.checkpoint_every
-                    and self.state.step % hp.checkpoint_every == 0
-                    and self.state.step < hp.steps
-                ):
+                    self.callbacks.on_step_end(s, metrics)
+                periodic = hp.checkpoint_every and s % hp.checkpoint_every == 0
+                if (periodic or self.state.last_eval_step == s) and s < hp.steps and not stopped_early:
                     last_ckpt = self.save_checkpoint()
+            if stopped_early:
+                self._event("info", *self.stopper.event(self.state.step))
             last_ckpt = self.save_checkpoint(final=True)
         except Interrupted as e:
             self._end("interrupted", e)
@@ -244,7 +259,39 @@ class Trainer:
             self._end("failed", e)
             raise
         self._end("succeeded", None)
-        return TrainResult("succeeded", self.state.step, str(self.output_dir), last_ckpt, metrics)
+        return TrainResult(
+            "succeeded", self.state.step, str(self.output_dir), last_ckpt, metrics, stopped_early
+        )
+
+    # ---- evaluation and early stopping --------------------------------------------------------------------
+
+    def _baseline(self) -> dict[str, float]:
+        """Step 0: the model before any update, evaluated and reported as step 0's metrics."""
+        metrics = self._evaluate()
+        if self.stopper is not None and self.stopper.watches_eval:
+            self.stopper.observe(0, metrics)
+        if self.acc.is_main_process:
+            self.callbacks.on_step_end(0, metrics)
+        return metrics
+
+    def _evaluate_and_observe(self, metrics: dict[str, float]) -> bool:
+        """After a step: evaluate when due (every N, the last step, a step that stops the run), merging the
+        eval metrics into the step's; feed early stopping. True: stop now."""
+        s, stopper = self.state.step, self.stopper
+        stop = stopper is not None and not stopper.watches_eval and stopper.observe(s, metrics)
+        if self.evaluator is not None and (self.evaluator.due(s) or s == self.hp.steps or stop):
+            evaluated = self._evaluate()
+            metrics.update(evaluated)
+            if stopper is not None and stopper.watches_eval:
+                stop = stopper.observe(s, evaluated)
+        return stop
+
+    def _evaluate(self) -> dict[str, float]:
+        result = self.evaluator.evaluate(self.acc.unwrap_model(self.policy), self.state.step)
+        self.state.last_eval_step = self.state.step
+        if self.acc.is_main_process and result.samples:
+            self.callbacks.on_samples(self.state.step, result.samples)
+        return result.metrics
 
     def _stop_requested(self, should_stop: Callable[[], bool]) -> bool:
         flag = bool(should_stop())
@@ -262,28 +309,28 @@ class Trainer:
             self.callbacks.on_event(level, message, data)
 
     def step(self) -> dict[str, float]:
+        """One step: rollout → score → advantages → updates; its metrics."""
         t0 = time.perf_counter()
         rollout = self._rollout()
         t1 = time.perf_counter()
-        scores, keep, samples, reward_metrics = self._score(rollout)
+        scored = self._score(rollout)
         t2 = time.perf_counter()
-        batch = self._prepare(rollout, scores, keep)
-        train_metrics = self._update(batch)
+        batch = self._prepare(rollout, scored.scores, scored.keep)
+        train_metrics = self.updater.update(batch, self.state.step, self.kl_ctl.value)
         t3 = time.perf_counter()
-        metrics = self._step_metrics(batch, train_metrics, reward_metrics)
+        metrics = step_metrics(
+            self.acc,
+            batch,
+            train_metrics,
+            scored.metrics,
+            group_size=self.hp.group_size,
+            is_ppo=self.is_ppo,
+            kl_coef=self.kl_ctl.value,
+        )
         if "kl/mean" in metrics:  # the KL averaged over ranks, so every rank's coefficient stays the same
             self.kl_ctl.update(metrics["kl/mean"], self.spec.rollout_batch_size)
-        n_tokens = float(self.acc.reduce(batch.rollout.response_mask.sum().float(), reduction="sum").item())
-        metrics.update(
-            {
-                "time/generate_s": t1 - t0,
-                "time/reward_s": t2 - t1,
-                "time/train_s": t3 - t2,
-                "time/step_s": t3 - t0,
-                "throughput/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
-                "memory/peak_bytes": float(_peak_memory()),
-            }
-        )
+        metrics.update(timing_metrics(self.acc, batch, t1 - t0, t2 - t1, t3 - t2))
+        samples = scored.samples(self.hp.samples_per_step)
         if self.acc.is_main_process and samples:
             self.callbacks.on_samples(self.state.step + 1, samples)
         return metrics
@@ -311,59 +358,23 @@ class Trainer:
             top_p=hp.top_p,
         )
 
-    def _score(self, rollout: Rollout):
-        """Sequence rewards (B,), which samples to keep (B,), per-sample records, reward metrics."""
-        from rlcore.rewards.base import RewardItem
+    def _score(self, rollout: Rollout) -> ScoredRollout:
+        """The rollout's rewards (through the reward log, so a replayed step asks no endpoint twice)."""
+        step = self.state.step + 1
+        first = self.rank * len(self.local_rows)
+        groups = range(first, first + len(self.local_rows))
+        items = reward_items(str(step), rollout.prompts, rollout.completions, self.local_rows, groups)
+        scored = score_items(self.scorer, self.reward_log, step, items, self.hp.group_size, self._gather)
+        scored.scores, scored.keep = scored.scores.to(self.acc.device), scored.keep.to(self.acc.device)
+        return scored
 
-        G, step = self.hp.group_size, self.state.step + 1
-        rows = [r for r in self.local_rows for _ in range(G)]
-        items = [
-            RewardItem(
-                id=f"{step}-{self.rank * len(self.local_rows) + i // G}-{i % G}",
-                prompt=p,
-                completion=c,
-                group=self.rank * len(self.local_rows) + i // G,
-                label=row.get("label"),
-                metadata=row.get("metadata") or {},
-            )
-            for i, (p, c, row) in enumerate(zip(rollout.prompts, rollout.completions, rows, strict=True))
-        ]
-        result = self.reward_log.lookup(step, items)
-        replayed = result is not None
-        if result is None:
-            result = self.scorer.score(step, items)
-            self.reward_log.record(step, items, result)
-        keep = torch.tensor([r is not None for r in result.rewards], dtype=torch.bool)
-        raw = torch.tensor(
-            [r if r is not None else float("nan") for r in result.rewards], dtype=torch.float32
-        )
-        # A skipped sample takes its group's mean so that it moves no advantage; its tokens are masked out.
-        groups = raw.view(-1, G)
-        fill = torch.nan_to_num(torch.nanmean(groups, dim=1, keepdim=True), nan=0.0).expand_as(groups)
-        scores = torch.where(torch.isnan(groups), fill, groups).reshape(-1)
-        n = min(self.hp.samples_per_step, len(items))
-        samples = [
-            {
-                "index": i,
-                "group": items[i].group,
-                "prompt": items[i].prompt,
-                "completion": items[i].completion,
-                "reward": result.rewards[i],
-                "label": items[i].label,
-                "error": result.errors[i],
-                "components": result.components[i],
-            }
-            for i in range(n)
-        ]
-        components = result.components
-        if self.world > 1:
-            from accelerate.utils import gather_object
+    def _gather(self, objects: list) -> list:
+        """Every rank's ``objects``, concatenated in rank order (the list itself with one process)."""
+        if self.world == 1:
+            return objects
+        from accelerate.utils import gather_object
 
-            components = gather_object(list(components))
-        metrics = {**result.metrics, **component_metrics(components)}
-        if replayed:
-            metrics["reward_endpoint/replayed"] = 1.0
-        return scores.to(self.acc.device), keep.to(self.acc.device), samples, metrics
+        return gather_object(objects)
 
     # ---- advantages ----------------------------------------------------------------------------------------
 
@@ -371,7 +382,7 @@ class Trainer:
     def _prepare(self, rollout: Rollout, scores: torch.Tensor, keep: torch.Tensor) -> Batch:
         hp = self.hp
         mask = rollout.response_mask * keep[:, None].long()
-        need_old = hp.epochs_per_rollout > 1 or self.num_minibatches > 1
+        need_old = hp.epochs_per_rollout > 1 or self.sizes.num_minibatches > 1
         kl_in_reward = self.reference is not None and hp.kl_in == "reward"
         logp, old_values = self._forward_all(self.policy, rollout, need_old or kl_in_reward, self.value)
         ref_logprobs = None
@@ -406,10 +417,6 @@ class Trainer:
         advantages = advantages * mask
         return Batch(rollout, scores, advantages, old_logprobs, ref_logprobs, old_values, returns, mask, kl)
 
-    def _micro_slices(self, n: int):
-        size = self.micro_batch_size
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
     def _normalize_rewards(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Sequence rewards (B,) under ``reward_norm``, with statistics over every rank's kept samples."""
         if self.hp.reward_norm == "none":
@@ -423,205 +430,40 @@ class Trainer:
     def _forward_all(self, model, rollout: Rollout, logprobs: bool = True, critic=None):
         """No-grad log-probs (B, T) of ``model`` (None unless ``logprobs``), values (B, T) of ``critic``."""
         outs, values = [], []
-        for s in self._micro_slices(rollout.input_ids.shape[0]):
+        for s in micro_slices(rollout.input_ids.shape[0], self.sizes.micro_batch_size):
             out, v = self._forward(model, critic, rollout, s, logprobs=logprobs)
             outs += [out.logprobs.float()] if out is not None else []
             values += [v] if v is not None else []
         return (torch.cat(outs) if outs else None), (torch.cat(values) if values else None)
 
-    # ---- updates -------------------------------------------------------------------------------------------
-
-    def _update(self, batch: Batch) -> dict[str, float]:
-        hp, B = self.hp, batch.mask.shape[0]
-        sums: dict[str, float] = {}
-        count = 0
-        self.policy.train()
-        for _ in range(hp.epochs_per_rollout):
-            order = torch.randperm(B) if self.num_minibatches > 1 else torch.arange(B)
-            for start in range(0, B, self.minibatch_size):
-                idx = order[start : start + self.minibatch_size].to(self.acc.device)
-                for k, v in self._minibatch_step(batch, idx).items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-        return {k: v / count for k, v in sums.items()}
-
-    def _minibatch_step(self, batch: Batch, idx: torch.Tensor) -> dict[str, float]:
-        hp = self.hp
-        mb_tokens = batch.mask[idx].sum().clamp(min=1)
-        slices = self._micro_slices(len(idx))
-        metrics: dict[str, float] = {}
-        for i, s in enumerate(slices):
-            micro = idx[s]
-            weight = (
-                batch.mask[micro].sum() / mb_tokens
-                if hp.loss_agg == "token_mean"
-                else torch.tensor(len(micro) / len(idx))
-            )
-            with contextlib.ExitStack() as no_sync:
-                if i < len(slices) - 1 and self.world > 1:  # gradients are all-reduced once, at the last
-                    for model in (self.policy, self.value):
-                        if model is not None:
-                            no_sync.enter_context(self.acc.no_sync(model))
-                loss, m = self._micro_loss(batch, micro)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss is {loss.item()} at step {self.state.step + 1}: lower "
-                        "hyperparameters.learning_rate or check the rewards"
-                    )
-                self.acc.backward(loss * weight)
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) * float(weight)
-        metrics.update(zip(("optim/grad_norm", "optim/value_grad_norm"), self._clip_and_step(), strict=False))
-        metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
-
-    def _micro_loss(self, batch: Batch, micro: torch.Tensor):
-        hp = self.hp
-        mask = batch.mask[micro]
-        warmup = self.state.step < hp.critic_warmup_steps  # value-only updates: the policy does not move
-        asked = dict(
-            logprobs=not warmup, entropy=True, entropy_grad=hp.entropy_coef > 0, policy_grad=not warmup
-        )
-        out, values = self._forward(self.policy, self.value, batch.rollout, micro, **asked)
-        loss, metrics = torch.zeros((), device=mask.device), {}
-        if not warmup:
-            loss, metrics = self._policy_loss(batch, micro, out.logprobs.float(), out.entropy)
-        if values is not None:
-            v_loss, vm = alg.value_loss(
-                values, batch.old_values[micro], batch.returns[micro], mask, hp.value_clip, agg=hp.loss_agg
-            )
-            loss = loss + hp.vf_coef * v_loss
-            metrics["loss/value"] = v_loss.detach()
-            metrics["value/clipfrac"] = vm["vf_clipfrac"]
-        metrics["loss/total"] = loss.detach()
-        return loss, metrics
-
-    def _policy_loss(self, batch: Batch, micro: torch.Tensor, logprobs: torch.Tensor, entropy: torch.Tensor):
-        hp, mask = self.hp, batch.mask[micro]
-        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logprobs.detach()
-        loss, pm = alg.ppo_clip_loss(
-            logprobs, old, batch.advantages[micro], mask, hp.clip_low, hp.clip_high, agg=hp.loss_agg
-        )
-        metrics = {
-            "loss/policy": loss.detach(),
-            "policy/clipfrac": pm["clipfrac"],
-            "policy/approx_kl": pm["approx_kl"],
-            "policy/entropy": alg.masked_mean(entropy.detach(), mask),
-        }
-        if hp.entropy_coef > 0:
-            bonus = alg.entropy_bonus(entropy, mask, hp.entropy_coef, agg=hp.loss_agg)
-            loss = loss + bonus
-            metrics["loss/entropy"] = bonus.detach()
-        if batch.ref_logprobs is not None:
-            kl = alg.kl_estimate(logprobs, batch.ref_logprobs[micro], hp.kl_estimator)
-            metrics["kl/mean"] = alg.masked_mean(kl.detach(), mask)
-            if hp.kl_in == "loss":
-                kl_loss = alg.aggregate(kl, mask, hp.loss_agg)
-                loss = loss + self.kl_ctl.value * kl_loss
-                metrics["loss/kl"] = kl_loss.detach()
-        return loss, metrics
-
-    def _clip_and_step(self) -> list[float]:
-        """Clip each parameter group (the policy; the critic) to ``max_grad_norm`` on its own, so that a
-        large value loss cannot use up the policy's step; step. The groups' gradient norms."""
-        norms = []
-        for group in self.optimizer.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:  # the policy during critic warm-up
-                norms.append(0.0)
-            elif self.hp.max_grad_norm is not None:
-                norms.append(float(self.acc.clip_grad_norm_(params, self.hp.max_grad_norm)))
-            else:
-                norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in params]))))
-        if not all(math.isfinite(n) for n in norms):
-            raise TrainingDiverged(
-                f"the gradient norm is {max(norms)} at step {self.state.step + 1}: lower "
-                "hyperparameters.learning_rate or check the rewards"
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norms
-
-    # ---- metrics -------------------------------------------------------------------------------------------
-
-    def _step_metrics(
-        self, batch: Batch, train: dict[str, float], reward: dict[str, float]
-    ) -> dict[str, float]:
-        G = self.hp.group_size
-        scores = self.acc.gather(batch.scores.float())
-        lengths = self.acc.gather(batch.rollout.response_mask.sum(dim=1).float())
-        truncated = self.acc.gather(batch.rollout.truncated.float())
-        m: dict[str, float] = {
-            "reward/mean": scores.mean().item(),
-            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-            "reward/min": scores.min().item(),
-            "reward/max": scores.max().item(),
-            "completion/length_mean": lengths.mean().item(),
-            "completion/clipped_ratio": truncated.mean().item(),
-            "kl/coef": float(self.kl_ctl.value),
-        }
-        if not self.is_ppo:
-            std = scores.view(-1, G).std(dim=1)
-            m["reward/frac_zero_std_groups"] = (std < 1e-6).float().mean().item()
-        else:
-            m.update(value_metrics(batch.old_values, batch.returns, batch.mask))
-        for k, v in train.items():
-            m[k] = (
-                float(self.acc.reduce(torch.tensor(v, device=self.acc.device), reduction="mean").item())
-                if self.world > 1
-                else v
-            )
-        if batch.kl is not None:  # the rollout's KL, not the updates' (they drift over epochs)
-            m["kl/mean"] = self.acc.reduce(alg.masked_mean(batch.kl, batch.mask), reduction="mean").item()
-        m.update(reward)
-        return m
-
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def save_checkpoint(self, final: bool = False) -> str:
-        from accelerate.utils import gather_object
-
-        rng_states = gather_object([capture_rng()])
+        rng_states = self._gather([capture_rng()])
         self.state.cursor = self.cursor.state_dict()
         self.state.kl = self.kl_ctl.state_dict()
         self.state.reward_moments = self.reward_moments.tolist()
         self.state.rng = rng_states
+        self.state.early_stop = self.stopper.state_dict() if self.stopper is not None else {}
         path = manifest = None
         merge = final and self.spec.model.lora is not None and self.spec.model.merge_lora_on_save
         if self.acc.is_main_process:
             path, manifest = ckpt.save_checkpoint(
                 self.output_dir,
                 self.state.step,
-                lambda d: self._write_checkpoint(d, merge),
+                lambda d: ckpt.write_training_state(
+                    d,
+                    policy=self.acc.unwrap_model(self.policy),
+                    tokenizer=self.tokenizer,
+                    value_model=self.acc.unwrap_model(self.value) if self.value is not None else None,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    state=self.state,
+                    merge_lora=merge,
+                ),
                 keep=self.hp.keep_checkpoints,
             )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             self.callbacks.on_checkpoint(self.state.step, str(path), manifest)
         return str(path) if path else ""
-
-    def _write_checkpoint(self, directory: Path, merge: bool = False) -> None:
-        policy = self.acc.unwrap_model(self.policy)
-        policy.save_pretrained(directory / "model", safe_serialization=True)
-        self.tokenizer.save_pretrained(directory / "model")
-        if merge:  # a plain model beside the adapter, for tools that do not read adapters
-            import copy
-
-            copy.deepcopy(policy).merge_and_unload().save_pretrained(
-                directory / "merged", safe_serialization=True
-            )
-            self.tokenizer.save_pretrained(directory / "merged")
-        if self.value is not None:
-            self.acc.unwrap_model(self.value).save(directory / "value_model")
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            directory / "optimizer.pt",
-        )
-        self.state.save(directory)
-
-
-def _peak_memory() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

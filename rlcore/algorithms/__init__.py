@@ -16,7 +16,6 @@ from rlcore.algorithms.advantages import (
     group_advantages,
     group_reward_stats,
     register_adv_est,
-    rloo_advantages,
 )
 from rlcore.algorithms.kl import (
     AdaptiveKLController,
@@ -29,11 +28,8 @@ from rlcore.algorithms.kl import (
 )
 from rlcore.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
 from rlcore.algorithms.losses import (
-    PolicyLoss,
     entropy_bonus,
-    get_policy_loss,
     ppo_clip_loss,
-    register_policy_loss,
     value_loss,
 )
 from rlcore.algorithms.masking import (
@@ -61,7 +57,6 @@ __all__ = [
     "KLController",
     "KLEstimator",
     "LossAgg",
-    "PolicyLoss",
     "Registry",
     "RewardNorm",
     "RewardScale",
@@ -72,7 +67,6 @@ __all__ = [
     "gae",
     "get_advantage_estimator",
     "get_kl_estimator",
-    "get_policy_loss",
     "group_advantages",
     "group_reward_stats",
     "kl_estimate",
@@ -86,8 +80,6 @@ __all__ = [
     "normalize_rewards",
     "ppo_clip_loss",
     "register_adv_est",
-    "register_policy_loss",
-    "rloo_advantages",
     "update_moments",
     "value_loss",
 ]

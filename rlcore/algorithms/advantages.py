@@ -1,4 +1,4 @@
-"""Advantage estimators: GAE for PPO, group-relative for GRPO (and RLOO).
+"""Advantage estimators: GAE for PPO, group-relative for GRPO.
 
 Objectives:
 
@@ -7,7 +7,6 @@ Objectives:
   (the value target of the PPO critic, as in Schulman et al. 2017, arXiv:1707.06347).
 - GRPO outcome advantage (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300, sec. 4.1.2):
   ``A_i = (r_i - mean(r_group)) / std(r_group)``, the same for every token of completion i.
-- RLOO (Ahmadian et al. 2024, arXiv:2402.14740): ``A_i = r_i - mean_{j != i} r_j``.
 
 Departures and conventions:
 
@@ -20,8 +19,8 @@ Departures and conventions:
    (more robust, Hu et al. 2025, REINFORCE++); ``scale="none"`` only centres (Dr. GRPO, Liu et al. 2025,
    arXiv:2503.20783, which argues the std division biases towards too easy / too hard prompts).
 3. Advantages are computed under ``no_grad`` and in float32 whatever the input dtype: they are targets.
-4. Through the registry every estimator takes per-token rewards ``(B, T)``; the outcome estimators (GRPO,
-   RLOO) score a completion by the sum of its token rewards, so a per-token KL penalty folded into the
+4. Through the registry every estimator takes per-token rewards ``(B, T)``; the outcome estimator (GRPO)
+   scores a completion by the sum of its token rewards, so a per-token KL penalty folded into the
    reward (``kl_in="reward"``) is counted too.
 """
 
@@ -40,7 +39,6 @@ from rlcore.algorithms.registry import Registry
 class AdvantageEstimator(str, Enum):
     GAE = "gae"
     GRPO = "grpo"
-    RLOO = "rloo"
 
 
 class RewardScale(str, Enum):
@@ -102,14 +100,6 @@ def group_advantages(
     grouped = _grouped(rewards, group_size)  # (B, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     return (centred / divisor(grouped, grouped.flatten(), eps)).flatten()
-
-
-@torch.no_grad()
-def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """RLOO advantages ``(B*G,)``: each reward minus the mean of the *other* samples of its group."""
-    grouped = _grouped(rewards, group_size)  # (B, G)
-    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - baseline).flatten()
 
 
 @torch.no_grad()
@@ -205,18 +195,3 @@ def _grpo_estimator(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scores = _sequence_scores(token_rewards, response_mask)
     return _broadcast_outcome(group_advantages(scores, group_size, scale), response_mask)
-
-
-@register_adv_est(AdvantageEstimator.RLOO)
-def _rloo_estimator(
-    token_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    values: torch.Tensor | None = None,
-    gamma: float = 1.0,
-    lam: float = 1.0,
-    group_size: int = 1,
-    scale: str = "group",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = _sequence_scores(token_rewards, response_mask)
-    return _broadcast_outcome(rloo_advantages(scores, group_size), response_mask)

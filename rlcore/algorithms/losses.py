@@ -26,19 +26,11 @@ Departures:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from enum import Enum
-
 import torch
 
 from rlcore.algorithms.masking import aggregate, check_same_shape, masked_mean
-from rlcore.algorithms.registry import Registry
 
 _MAX_LOG_RATIO = 20.0
-
-
-class PolicyLoss(str, Enum):
-    PPO_CLIP = "ppo_clip"
 
 
 def _zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,12 +56,10 @@ def ppo_clip_loss(
     agg: str = "token_mean",
     *,
     norm: float | None = None,
-    num_tokens: float | None = None,
-    num_seqs: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss over ``mask`` ``(B, T)``; ``advantages`` ``(B, T)`` or ``(B,)``.
 
-    ``norm``, ``num_tokens``, ``num_seqs`` go to ``aggregate`` (gradient accumulation). Metrics (detached,
+    ``norm`` goes to ``aggregate`` (Dr. GRPO's constant). Metrics (detached,
     0-d, masked means): ``clipfrac`` (tokens where the clipped branch is taken) = ``clipfrac_low`` (A < 0,
     r < 1 - clip_low) + ``clipfrac_high`` (A > 0, r > 1 + clip_high); ``approx_kl`` (k3, see docstring);
     ``ratio_mean``, ``ratio_max``.
@@ -84,9 +74,7 @@ def ppo_clip_loss(
     ratio = torch.exp(log_ratio)  # (B, T); exactly 1 under the mask
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
-    loss = aggregate(
-        torch.maximum(unclipped, clipped), mask, agg, norm, num_tokens=num_tokens, num_seqs=num_seqs
-    )
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, agg, norm)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -108,8 +96,6 @@ def value_loss(
     agg: str = "token_mean",
     *,
     norm: float | None = None,
-    num_tokens: float | None = None,
-    num_seqs: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss over ``mask``, all ``(B, T)``; ``clip=None`` means unclipped.
 
@@ -130,7 +116,7 @@ def value_loss(
         clipped = (values_clipped - returns) ** 2
         larger = torch.maximum(unclipped, clipped)
         clipped_taken = clipped > unclipped
-    loss = aggregate(0.5 * larger, mask, agg, norm, num_tokens=num_tokens, num_seqs=num_seqs)
+    loss = aggregate(0.5 * larger, mask, agg, norm)
     with torch.no_grad():
         metrics = {
             "vf_clipfrac": masked_mean(clipped_taken.float(), mask),
@@ -146,8 +132,6 @@ def entropy_bonus(
     agg: str = "token_mean",
     *,
     norm: float | None = None,
-    num_tokens: float | None = None,
-    num_seqs: float | None = None,
 ) -> torch.Tensor:
     """The entropy term to *add* to the loss: ``-coef * aggregate(entropy)``, entropy and mask ``(B, T)``.
 
@@ -158,20 +142,5 @@ def entropy_bonus(
     if not coef >= 0:
         raise ValueError(f"entropy coefficient must be >= 0 (got {coef})")
     mask = mask.bool()
-    mean = aggregate(_zero_masked(entropy, mask), mask, agg, norm, num_tokens=num_tokens, num_seqs=num_seqs)
+    mean = aggregate(_zero_masked(entropy, mask), mask, agg, norm)
     return -coef * mean
-
-
-PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-_POLICY_LOSSES: Registry[PolicyLoss, PolicyLossFn] = Registry(PolicyLoss, "policy loss")
-_POLICY_LOSSES.register(PolicyLoss.PPO_CLIP)(ppo_clip_loss)
-
-
-def register_policy_loss(name: str | PolicyLoss) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator adding a loss with ``ppo_clip_loss``'s signature under a ``PolicyLoss`` member."""
-    return _POLICY_LOSSES.register(name)
-
-
-def get_policy_loss(name: str | PolicyLoss) -> PolicyLossFn:
-    """The policy loss registered under ``name``; ValueError listing the valid names otherwise."""
-    return _POLICY_LOSSES.get(name)

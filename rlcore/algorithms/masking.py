@@ -18,10 +18,9 @@ Departures and conventions:
 2. An empty mask gives 0, not ``nan`` (counts are clamped to at least 1): an all-padding micro-batch
    contributes nothing instead of poisoning the step.
 3. ``seq_*`` modes average over all B rows, including a row with no completion token (it counts as 0).
-4. Gradient accumulation: pass ``num_tokens`` (``token_mean``) and ``num_seqs`` (``seq_*`` modes) counted
-   over the whole minibatch; then the micro-batch losses simply *sum* to the full-minibatch loss and so do
-   their gradients. Without them each micro-batch is normalised by its own counts (weight them by their
-   token / sequence counts to recover the full loss).
+4. Gradient accumulation: each micro-batch is normalised by its own counts; weighting the micro-batch
+   losses by their share of the minibatch's tokens (``token_mean``) or sequences (``seq_*`` modes)
+   recovers the full-minibatch loss and its gradient exactly (the trainer does this).
 5. Dr. GRPO's constant defaults to T (the number of columns); a trainer whose columns include the prompt
    should pass ``norm=max_new_tokens``.
 """
@@ -82,15 +81,7 @@ def masked_whiten(
 
 
 class AggregateFn(Protocol):
-    def __call__(
-        self,
-        loss_mat: torch.Tensor,
-        mask: torch.Tensor,
-        *,
-        norm: float | None,
-        num_tokens: float | None,
-        num_seqs: float | None,
-    ) -> torch.Tensor: ...
+    def __call__(self, loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: float | None) -> torch.Tensor: ...
 
 
 _AGGREGATIONS: Registry[LossAgg, AggregateFn] = Registry(LossAgg, "loss aggregation")
@@ -104,32 +95,25 @@ def _positive(value: float | None, default: torch.Tensor | float, name: str) -> 
     return value
 
 
-# The three share one keyword signature so that aggregate() can call any of them; each ignores the rest.
-_Count = float | None
+# The three share one keyword signature so that aggregate() can call any of them; the means ignore norm.
 
 
 @_AGGREGATIONS.register(LossAgg.TOKEN_MEAN)
-def _token_mean(
-    loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: _Count, num_tokens: _Count, num_seqs: _Count
-) -> torch.Tensor:
-    denom = _positive(num_tokens, mask.bool().sum().clamp(min=1), "num_tokens")
-    return masked_sum(loss_mat, mask) / denom
+def _token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: float | None) -> torch.Tensor:
+    return masked_sum(loss_mat, mask) / mask.bool().sum().clamp(min=1)
 
 
 @_AGGREGATIONS.register(LossAgg.SEQ_MEAN_TOKEN_MEAN)
-def _seq_mean_token_mean(
-    loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: _Count, num_tokens: _Count, num_seqs: _Count
-) -> torch.Tensor:
-    per_seq = masked_mean(loss_mat, mask, dim=-1)  # (B,)
-    return per_seq.sum() / _positive(num_seqs, per_seq.numel(), "num_seqs")
+def _seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: float | None) -> torch.Tensor:
+    return masked_mean(loss_mat, mask, dim=-1).mean()  # mean over sequences of (B,)
 
 
 @_AGGREGATIONS.register(LossAgg.SEQ_MEAN_TOKEN_SUM_NORM)
 def _seq_mean_token_sum_norm(
-    loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: _Count, num_tokens: _Count, num_seqs: _Count
+    loss_mat: torch.Tensor, mask: torch.Tensor, *, norm: float | None
 ) -> torch.Tensor:
     per_seq = masked_sum(loss_mat, mask, dim=-1) / _positive(norm, loss_mat.shape[-1], "norm")  # (B,)
-    return per_seq.sum() / _positive(num_seqs, per_seq.numel(), "num_seqs")
+    return per_seq.mean()
 
 
 def aggregate(
@@ -137,18 +121,13 @@ def aggregate(
     mask: torch.Tensor,
     mode: str | LossAgg = LossAgg.TOKEN_MEAN,
     norm: float | None = None,
-    *,
-    num_tokens: float | None = None,
-    num_seqs: float | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss ``(B, T)`` over ``mask`` ``(B, T)`` to a 0-d tensor.
 
-    ``norm``: Dr. GRPO's constant (``seq_mean_token_sum_norm`` only; default T). ``num_tokens`` /
-    ``num_seqs``: global counts for exact gradient accumulation (module docstring, point 4); each mode reads
-    the one it needs and ignores the other, so a trainer may always pass both.
+    ``norm``: Dr. GRPO's constant (``seq_mean_token_sum_norm`` only; default T).
     """
     check_same_shape(loss_mat=loss_mat, mask=mask)
     if loss_mat.dim() != 2:
         raise ValueError(f"loss_mat must be (B, T), got shape {tuple(loss_mat.shape)}")
     impl = _AGGREGATIONS.get(mode)
-    return impl(loss_mat, mask, norm=norm, num_tokens=num_tokens, num_seqs=num_seqs)
+    return impl(loss_mat, mask, norm=norm)

@@ -7,6 +7,7 @@ CPU-only CI can exercise of DDP. The engine itself picks the device through `Acc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["grpo", "ppo-shared", "ppo-lora"])
+@pytest.mark.parametrize("case", ["grpo", "grpo-eval", "ppo-shared", "ppo-lora"])
 def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_model_path, case):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -47,3 +48,7 @@ def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_mode
     assert r0[1] == r1[1]  # same start
     assert r0[2] == r1[2]  # same end
     assert r0[2] != r0[1]  # and it trained
+    if case == "grpo-eval":  # the ranks split the 3 prompts (2 + 1) and both return every rank's results
+        e0, e1 = (json.loads((tmp_path / f"eval{r}.json").read_text()) for r in (0, 1))
+        assert e0 == e1 and e0["groups"] == [0, 0, 1, 1, 2, 2]
+        assert set(e0["metrics"]) >= {"eval/reward/mean", "eval/pass@k", "eval/mean@k"}

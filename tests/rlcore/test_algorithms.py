@@ -123,11 +123,6 @@ def test_group_advantages_hand_computed():
     close(alg.group_advantages(rewards, 3, scale="none"), [-1.0, 0, 1, 0, 0, 0])  # Dr. GRPO: centre only
 
 
-def test_rloo_hand_computed():
-    # leave-one-out baselines in [1, 2, 3]: (2+3)/2 = 2.5, (1+3)/2 = 2, (1+2)/2 = 1.5
-    close(alg.rloo_advantages(torch.tensor([1.0, 2, 3]), 3), [-1.5, 0, 1.5])
-
-
 def group_advantages_loop(rewards, G, scale):
     def mean(xs):
         return sum(xs) / len(xs)
@@ -177,8 +172,6 @@ def test_outcome_estimators_broadcast_over_completion_tokens():
     # scores [1, 0 | 3, 5] -> centred [0.5, -0.5 | -1, 1], repeated over each completion's tokens
     close(adv, [[0, 0.5, 0.5], [-0.5, -0.5, 0], [-1, 0, 0], [0, 0, 1]])
     close(ret, adv)
-    adv, _ = alg.get_advantage_estimator(alg.AdvantageEstimator.RLOO)(token_rewards, mask, group_size=2)
-    close(adv[:, :1].squeeze(1), [0, -1, -2, 0])  # first column: leave-one-out [1, -1 | -2, 2] * mask
 
 
 def test_gae_estimator_needs_values():
@@ -371,26 +364,23 @@ def test_token_mean_is_independent_of_the_micro_batch_split(seed):
     n_total = int(mask.sum())
     gen = torch.Generator().manual_seed(seed + 100)
     cuts = sorted(torch.randperm(6, generator=gen)[:2].add(1).tolist())  # 3 micro-batches of random sizes
-    weighted, global_norm = torch.zeros(()), torch.zeros(())
+    weighted = torch.zeros(())
     split_logp = logp.clone().requires_grad_()
     for rows in (slice(0, cuts[0]), slice(cuts[0], cuts[1]), slice(cuts[1], 7)):
-        args = (split_logp[rows], old[rows], adv[rows], mask[rows], 0.2, 0.2)
-        local, _ = alg.ppo_clip_loss(*args)
-        weighted = weighted + local.detach() * int(mask[rows].sum()) / n_total  # weight by token counts
-        exact, _ = alg.ppo_clip_loss(*args, num_tokens=n_total)  # or normalise by the global count
-        exact.backward()  # accumulate, as a trainer would
-        global_norm = global_norm + exact.detach()
+        local, _ = alg.ppo_clip_loss(split_logp[rows], old[rows], adv[rows], mask[rows], 0.2, 0.2)
+        part = local * int(mask[rows].sum()) / n_total  # weight by token counts, as the trainer does
+        part.backward()  # accumulate, as a trainer would
+        weighted = weighted + part.detach()
     close(weighted, full)
-    close(global_norm, full)
     close(split_logp.grad, full_logp.grad)
 
 
 @pytest.mark.parametrize("mode", MODES[1:])
-def test_sequence_modes_split_exactly_with_num_seqs(mode):
+def test_sequence_modes_split_exactly_when_weighted_by_sequences(mode):
     logp, old, adv, *_, mask = _ppo_inputs(seed=7, B=6, T=5)
     full, _ = alg.ppo_clip_loss(logp, old, adv, mask, 0.2, 0.2, agg=mode)
     parts = [
-        alg.ppo_clip_loss(logp[r], old[r], adv[r], mask[r], 0.2, 0.2, agg=mode, num_seqs=6)[0]
+        alg.ppo_clip_loss(logp[r], old[r], adv[r], mask[r], 0.2, 0.2, agg=mode)[0] * (r.stop - r.start) / 6
         for r in (slice(0, 2), slice(2, 6))
     ]
     close(sum(parts), full)
@@ -518,8 +508,7 @@ def test_logprobs_reject_mismatched_labels():
 @pytest.mark.parametrize(
     "call,valid",
     [
-        (lambda: alg.get_advantage_estimator("ppo"), "gae, grpo, rloo"),
-        (lambda: alg.get_policy_loss("vanilla"), "ppo_clip"),
+        (lambda: alg.get_advantage_estimator("ppo"), "gae, grpo"),
         (lambda: alg.get_kl_estimator("k4"), "k1, k2, k3"),
         (lambda: alg.kl_estimate(torch.zeros(1, 1), torch.zeros(1, 1), "mse"), "k1, k2, k3"),
         (
@@ -534,11 +523,9 @@ def test_unknown_registry_names_raise_with_the_valid_list(call, valid):
 
 
 def test_registries_resolve_names_and_enum_members_and_refuse_duplicates():
-    assert alg.get_policy_loss("ppo_clip") is alg.ppo_clip_loss
-    assert alg.get_policy_loss(alg.PolicyLoss.PPO_CLIP) is alg.ppo_clip_loss
     assert alg.get_advantage_estimator("gae") is alg.get_advantage_estimator(alg.AdvantageEstimator.GAE)
     with pytest.raises(ValueError, match="already registered"):
-        alg.register_policy_loss("ppo_clip")(alg.ppo_clip_loss)
+        alg.register_adv_est("gae")(alg.gae)
 
 
 # ---- KL controllers ---------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def test_spec_files_that_would_exhaust_memory_are_refused(tmp_path, text, messag
 
 
 def test_spec_files_have_a_size_limit(tmp_path, monkeypatch):
-    from rlcore import spec as spec_module
+    from rlcore.spec import files as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_SPEC_FILE_BYTES", 100)
     with pytest.raises(spec_module.SpecFileError, match="limited to 100"):

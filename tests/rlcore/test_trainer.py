@@ -187,10 +187,10 @@ def test_grpo_with_kl_in_the_reward_penalises_through_the_advantages(tmp_path, t
     trainer.run(lambda: False)  # one update: the policy now differs from the reference
     assert "kl/mean" in rec.metrics[-1][1] and "loss/kl" not in rec.metrics[-1][1]
     rollout = trainer._rollout()
-    scores, keep, _, _ = trainer._score(rollout)
-    with_kl = trainer._prepare(rollout, scores, keep).advantages
+    scored = trainer._score(rollout)
+    with_kl = trainer._prepare(rollout, scored.scores, scored.keep).advantages
     trainer.kl_ctl = FixedKLController(0.0)
-    without_kl = trainer._prepare(rollout, scores, keep).advantages
+    without_kl = trainer._prepare(rollout, scored.scores, scored.keep).advantages
     assert not torch.allclose(with_kl, without_kl)
     trainer.close()
 
