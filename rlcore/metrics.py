@@ -12,7 +12,7 @@ Imports nothing of torch or of the spec at run time (the spec's validator calls 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rlcore.spec import JobSpec
@@ -56,9 +56,13 @@ PPO_METRICS = frozenset(
 GRPO_METRICS = frozenset({"reward/frac_zero_std_groups"})
 
 
-def default_best_metric(spec: JobSpec) -> str:
-    """``eval/reward/mean`` when the job evaluates, else ``reward/mean``."""
-    return EVAL_REWARD_MEAN if spec.evaluation is not None else REWARD_MEAN
+def default_best_metric(spec: JobSpec | dict[str, Any]) -> str:
+    """``eval/reward/mean`` when the job evaluates, else ``reward/mean``.
+
+    Takes the spec or its stored dict: the service ranks checkpoints of stored jobs by the same rule.
+    """
+    evaluation = spec.get("evaluation") if isinstance(spec, dict) else spec.evaluation
+    return EVAL_REWARD_MEAN if evaluation is not None else REWARD_MEAN
 
 
 def eval_metric_names(samples_per_prompt: int) -> list[str]:

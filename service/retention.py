@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from rlcore.metrics import default_best_metric
+
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
@@ -26,9 +28,7 @@ def checkpoint_policy(spec: dict[str, Any]) -> CheckpointPolicy:
     The one place the service reads it: jobs stored before the fields existed read as the defaults.
     """
     ckpt = spec.get("checkpoints") or {}
-    metric = ckpt.get("best_metric") or (
-        "eval/reward/mean" if spec.get("evaluation") is not None else "reward/mean"
-    )
+    metric = ckpt.get("best_metric") or default_best_metric(spec)
     mode = "min" if ckpt.get("best_mode") == "min" else "max"
     keep_last = ckpt.get("keep_last")
     keep_best = ckpt.get("keep_best")

@@ -17,7 +17,7 @@ from rlcore.modelpolicy import (
     forbidden_dirs,
     resolve_roots,
 )
-from rlcore.spec import JobSpec, validate_row
+from rlcore.spec import DatasetSpec, JobSpec, validate_row
 from rlft.settings import Settings
 from service import crud
 from service.errors import Invalid
@@ -38,36 +38,45 @@ def check_reward_url(url: str | None, settings: Settings, field: str = "reward.u
 
 
 def check_dataset(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:
-    ds = spec.dataset
-    if ds.rows is not None and len(ds.rows) > min(MAX_INLINE_ROWS, settings.max_dataset_rows):
+    """The training dataset and, with ``evaluation``, the held-out one: each must be the tenant's to use."""
+    _check_one_dataset(session, tenant, spec.dataset, "dataset", settings)
+    if spec.evaluation is not None:
+        _check_one_dataset(session, tenant, spec.evaluation.dataset, "evaluation.dataset", settings)
+
+
+def _check_one_dataset(
+    session: Session, tenant: Tenant, ds: DatasetSpec, field: str, settings: Settings
+) -> None:
+    limit = min(MAX_INLINE_ROWS, settings.max_dataset_rows)
+    if ds.rows is not None and len(ds.rows) > limit:
         # Inline rows travel in every GET of the job; a big dataset belongs in a file.
         raise Invalid(
-            f"dataset.rows has {len(ds.rows)} rows; inline datasets hold at most "
-            f"{min(MAX_INLINE_ROWS, settings.max_dataset_rows)}: upload a JSONL file with POST /v1/files "
-            "and use dataset.file_id",
-            field="dataset.rows",
+            f"{field}.rows has {len(ds.rows)} rows; inline datasets hold at most {limit}: upload a JSONL "
+            f"file with POST /v1/files and use {field}.file_id",
+            field=f"{field}.rows",
         )
     if ds.file_id is not None and crud.file_for_tenant(session, tenant.id, ds.file_id) is None:
         raise Invalid(
-            f"dataset.file_id {ds.file_id!r} is not one of your files: upload it with POST /v1/files first",
-            field="dataset.file_id",
+            f"{field}.file_id {ds.file_id!r} is not one of your files: upload it with POST /v1/files first",
+            field=f"{field}.file_id",
         )
     if ds.path is not None:
-        _check_path(ds.path, settings)
+        _check_path(ds.path, field, settings)
 
 
-def _check_path(path: str, settings: Settings) -> None:
+def _check_path(path: str, dataset_field: str, settings: Settings) -> None:
     # A server-side path would let a tenant make workers read any file they can reach; only a
     # single-user dev setup (shared disk, one tenant) may use one.
+    field = f"{dataset_field}.path"
     if not settings.dev_mode:
         raise Invalid(
-            "dataset.path is not accepted by the service: upload the file with POST /v1/files and "
-            "use dataset.file_id",
-            field="dataset.path",
+            f"{field} is not accepted by the service: upload the file with POST /v1/files and "
+            f"use {dataset_field}.file_id",
+            field=field,
         )
     p = Path(path)
     if not p.is_file():
-        raise Invalid(f"dataset.path {path!r} does not exist on the service machine", field="dataset.path")
+        raise Invalid(f"{field} {path!r} does not exist on the service machine", field=field)
     rows = 0
     with p.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -77,9 +86,9 @@ def _check_path(path: str, settings: Settings) -> None:
             try:
                 validate_row(json.loads(line), where=f"line {n}")
             except (ValueError, RecursionError) as e:
-                raise Invalid(f"dataset.path {path!r}: {e}", field="dataset.path") from e
+                raise Invalid(f"{field} {path!r}: {e}", field=field) from e
     if rows == 0:
-        raise Invalid(f"dataset.path {path!r} has no rows", field="dataset.path")
+        raise Invalid(f"{field} {path!r} has no rows", field=field)
 
 
 def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:

@@ -41,11 +41,15 @@ class Unservable(Exception):
 
 
 def _worker_spec(session: Any, job: Job, cipher: Any) -> dict[str, Any]:
-    """The spec with header values in clear and an uploaded dataset inlined: GPU machines need no DB."""
+    """The spec with header values in clear and uploaded datasets inlined: GPU machines need no DB."""
     spec = apply_header_secrets(job.spec, cipher.decrypt(job.secret_headers))
     file_id = spec["dataset"].get("file_id")
     if file_id:
         spec["dataset"] = {"rows": _file_rows(session, job, file_id)}
+    evaluation = spec.get("evaluation")
+    eval_file_id = evaluation["dataset"].get("file_id") if evaluation else None
+    if eval_file_id:  # the held-out set, likewise (a copy: the stored spec keeps its file id)
+        spec["evaluation"] = {**evaluation, "dataset": {"rows": _file_rows(session, job, eval_file_id)}}
     if not _sendable(spec):
         # Never quote the spec: it holds the reward header values.
         raise Unservable(

@@ -40,12 +40,21 @@ def job_public(job: Job) -> JobPublic:
 
 
 def _spec_summary(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec a GET or list answers with: inline rows become their count (the worker gets them all)."""
-    dataset = spec.get("dataset") or {}
+    """The spec a GET or list answers with: inline rows become their count (the worker gets them all).
+
+    The training dataset and the evaluation dataset alike.
+    """
+    summary = {**spec, "dataset": _rows_counted(spec.get("dataset") or {})}
+    evaluation = spec.get("evaluation")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("dataset"), dict):
+        summary["evaluation"] = {**evaluation, "dataset": _rows_counted(evaluation["dataset"])}
+    return summary
+
+
+def _rows_counted(dataset: dict[str, Any]) -> dict[str, Any]:
     if dataset.get("rows") is None:
-        return spec
-    summary = {k: v for k, v in dataset.items() if k != "rows"}
-    return {**spec, "dataset": {**summary, "inline_rows": len(dataset["rows"])}}
+        return dataset
+    return {**{k: v for k, v in dataset.items() if k != "rows"}, "inline_rows": len(dataset["rows"])}
 
 
 def find_idempotent(session: Session, tenant_id: str, key: str) -> Job | None:

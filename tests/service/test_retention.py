@@ -21,7 +21,7 @@ from rlft.settings import Settings
 from service import retention
 from service.app import create_app
 from service.db import make_engine
-from service.models import CheckpointDownload, Job
+from service.models import CheckpointDownload
 from tests.service.conftest import WORKER, claim, create_job, job_body, wpost
 from tests.service.servers import ServerThread
 from tests.service.test_worker_api import sweep
@@ -81,15 +81,6 @@ def test_policy_defaults_follow_evaluation() -> None:
 # --- through the API, on SQLite and Postgres ---
 
 
-def set_checkpoint_policy(settings: Settings, job_id: str, **policy: Any) -> None:
-    """Store ``spec.checkpoints`` on the job (the spec fields come with the engine's side of issue 15)."""
-    engine = make_engine(settings.database_url)
-    with engine.begin() as conn:
-        spec = conn.execute(sa.select(Job.spec).where(Job.id == job_id)).scalar_one()
-        conn.execute(sa.update(Job).where(Job.id == job_id).values(spec={**spec, "checkpoints": policy}))
-    engine.dispose()
-
-
 def write_checkpoint(root: Path, files: dict[str, bytes]) -> list[dict[str, Any]]:
     for rel, data in {**files, "manifest.json": b"{}"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +114,7 @@ def _model_files(step: int) -> dict[str, bytes]:
 def test_retention_deletes_exactly_the_expected_checkpoints(
     client: TestClient, alice: dict, settings: Settings, tmp_path: Path
 ) -> None:
-    jid = create_job(client, alice)["id"]
-    set_checkpoint_policy(settings, jid, keep_last=2, keep_best=1)
+    jid = create_job(client, alice, checkpoints={"keep_last": 2, "keep_best": 1})["id"]
     fence = claim(client, jid)["fence"]
     post = lambda *a, **kw: wpost(client, *a, **kw)  # noqa: E731
     rewards = {1: 0.1, 2: 0.9, 3: 0.3, 4: 0.2, 5: 0.5, 6: 0.4}
@@ -182,8 +172,8 @@ def test_without_a_policy_every_checkpoint_stays(
 def test_a_download_in_progress_is_not_cut(settings: Settings, alice: dict, tmp_path: Path) -> None:
     big = {"model/config.json": b"{}", "model/model.safetensors": hashlib.sha256(b"x").digest() * (1 << 20)}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        jid = http.post("/v1/jobs", json=job_body(), headers=alice).json()["id"]
-        set_checkpoint_policy(settings, jid, keep_last=1, keep_best=0)
+        policy = {"keep_last": 1, "keep_best": 0}
+        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
         fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
             "fence"
         ]
@@ -223,8 +213,8 @@ def test_a_download_in_progress_is_not_cut(settings: Settings, alice: dict, tmp_
 def test_a_download_given_up_ends_its_lease(settings: Settings, alice: dict, tmp_path: Path) -> None:
     big = {"model/config.json": b"{}", "model/model.safetensors": b"w" * (32 << 20)}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        jid = http.post("/v1/jobs", json=job_body(), headers=alice).json()["id"]
-        set_checkpoint_policy(settings, jid, keep_last=1, keep_best=0)
+        policy = {"keep_last": 1, "keep_best": 0}
+        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
         fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
             "fence"
         ]
@@ -331,8 +321,8 @@ def test_cli_download_best_loads_with_from_pretrained(
     }
     merged = {f"merged/{k[len('model/') :]}": v for k, v in weights.items()}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        jid = http.post("/v1/jobs", json=job_body(), headers=alice).json()["id"]
-        set_checkpoint_policy(settings, jid, keep_last=1, keep_best=1)
+        policy = {"keep_last": 1, "keep_best": 1}
+        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
         fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
             "fence"
         ]
