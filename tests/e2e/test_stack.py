@@ -329,3 +329,46 @@ def test_a_job_scored_by_graders_alone_learns_and_reports_its_components(stack, 
     assert steps == list(range(1, GRPO["steps"] + 1))
     samples = stack.request("GET", f"/v1/jobs/{job['id']}/samples").json()["data"]
     assert samples and all(s["components"] == {"has_a": s["reward"]} for s in samples)
+
+
+def test_held_out_evaluation_chooses_the_best_checkpoint_and_retention_lets_the_rest_go(stack, tmp_path):
+    """Evaluation at step 0, every N and the end through the whole stack: metrics, eval samples by split,
+    a checkpoint per evaluation registered with its eval metrics, the best one marked and kept, the others
+    beyond keep_last deleted from the store and answering 410."""
+    spec = make_spec(stack, "grpo", steps=6, checkpoint_every=0)
+    del spec["reward"]
+    spec["rewards"] = [
+        {"type": "string_check", "name": "has_a", "operation": "like", "reference": "{{label}}"}
+    ]
+    spec["evaluation"] = {
+        "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS[:3]]},
+        "every_steps": 2,
+    }
+    spec["checkpoints"] = {"keep_last": 1, "keep_best": 1}
+    job = stack.submit(spec)
+    done = stack.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    assert done["status"] == "succeeded", done.get("error")
+
+    evals = stack.metrics(job["id"], "eval/reward/mean")
+    assert sorted(m["step"] for m in evals) == [0, 2, 4, 6]
+    eval_samples = stack.request("GET", f"/v1/jobs/{job['id']}/samples", params={"split": "eval", "step": 4})
+    assert eval_samples.status_code == 200, eval_samples.text
+    assert len(eval_samples.json()["data"]) == 3
+    train_samples = stack.request("GET", f"/v1/jobs/{job['id']}/samples", params={"step": 4}).json()["data"]
+    assert len(train_samples) > 3  # the training split is the default and is not mixed with eval
+
+    ckpts = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
+    assert sorted(c["step"] for c in ckpts) == [0, 2, 4, 6]
+    assert all("eval/reward/mean" in c["metrics"] for c in ckpts)
+    (best,) = [c for c in ckpts if c["best"]]
+    top = max(c["metrics"]["eval/reward/mean"] for c in ckpts)
+    assert best["metrics"]["eval/reward/mean"] == top and not best["deleted"]
+    kept = {c["step"] for c in ckpts if not c["deleted"]}
+    assert kept == {6, best["step"]}
+    gone = next(c for c in ckpts if c["deleted"])
+    resp = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints/{gone['id']}/archive")
+    assert resp.status_code == 410 and resp.json()["detail"]["code"] == "checkpoint_deleted"
+    (listed,) = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints", params={"best": "true"}).json()[
+        "data"
+    ]
+    assert listed["id"] == best["id"]
