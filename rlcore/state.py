@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from rlcore.layout import STEP_PREFIX, step_dir_name
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -77,7 +79,7 @@ class RewardLog:
         self.rank = rank
 
     def _path(self, step: int) -> Path:
-        return self.directory / f"step-{step:06d}.rank{self.rank}.json"
+        return self.directory / f"{step_dir_name(step)}.rank{self.rank}.json"
 
     @staticmethod
     def _digest(items) -> str:
@@ -118,5 +120,5 @@ class RewardLog:
         )
         os.replace(tmp, self._path(step))
         # Older records are never needed again once a checkpoint past them exists; keep the last few.
-        for old in sorted(self.directory.glob(f"step-*.rank{self.rank}.json"))[:-64]:
+        for old in sorted(self.directory.glob(f"{STEP_PREFIX}*.rank{self.rank}.json"))[:-64]:
             old.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback, CallbackList
 from rlcore.critic import SHARED, policy_and_values, value_metrics
 from rlcore.data import PromptCursor, load_rows, render_prompt
-from rlcore.errors import Interrupted, OutOfMemory, RLFTError, TrainingDiverged
+from rlcore.errors import ErrorCode, Interrupted, OutOfMemory, RLFTError, TrainingDiverged
+from rlcore.layout import rewards_dir
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
 from rlcore.rewards import component_metrics, make_job_scorer
@@ -126,7 +127,7 @@ class Trainer:
             raise RLFTError(
                 f"hyperparameters.prompts_per_step ({self.hp.prompts_per_step}) must divide by the "
                 f"number of processes ({self.world})",
-                code="invalid_spec",
+                code=ErrorCode.INVALID_SPEC,
             )
         set_seed(self.hp.seed + self.rank)
         self.resume_dir = self._find_resume(resume)
@@ -149,7 +150,7 @@ class Trainer:
             allowlist=allowlist,
             count_tokens=lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
         )
-        self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
+        self.reward_log = RewardLog(rewards_dir(self.output_dir), self.rank)
         self.state = TrainerState(step=0)
         self.reward_moments = alg.empty_moments()  # running reward statistics (reward_norm="running")
         if self.resume_dir is not None:

@@ -9,12 +9,10 @@ from typing import Any
 
 import fsspec
 
+from rlcore.layout import store_join as join  # the store's one join rule; routers call storage.join
+
 CHUNK = 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 def write_bytes(url: str, data: bytes) -> None:
