@@ -16,6 +16,7 @@ from sqlalchemy import Row, Select, and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from rlcore.errors import ErrorCode
 from service import notify
 from service.errors import Conflict, NotFound
 from service.models import (
@@ -595,7 +596,7 @@ def finish(session: Session, job: Job, body: FinishRequest) -> None:
 def _unknown_error() -> Any:
     from service.schemas import ErrorInfo
 
-    return ErrorInfo(code="internal_error", message="the worker reported a failure without an error")
+    return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="the worker reported a failure without an error")
 
 
 # --- the reaper and the reconciler ---
@@ -635,8 +636,8 @@ def _reap_one(session: Session, job: Job, max_attempts: int, enqueue: Callable[[
             session,
             job,
             S.FAILED,
-            "job failed: worker_lost_repeatedly",
-            error_code="worker_lost_repeatedly",
+            f"job failed: {ErrorCode.WORKER_LOST_REPEATEDLY}",
+            error_code=ErrorCode.WORKER_LOST_REPEATEDLY,
             error_message=f"its worker stopped heartbeating in each of {job.attempts} attempts",
         )
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from rlcore.checkpoint import MANIFEST
+from rlcore.errors import ErrorCode
 from rlcore.rewards.secrets import Scrubber
 from rlcore.spec import apply_header_secrets, validate_row
 from service import crud, storage
@@ -91,7 +92,7 @@ def _worker_spec(session: Any, job: Job, cipher: Any) -> dict[str, Any]:
     if not _sendable(spec):
         # Never quote the spec: it holds the reward header values.
         raise Unservable(
-            "invalid_spec",
+            ErrorCode.INVALID_SPEC,
             "the stored job spec holds text that is not valid Unicode or a number that is not finite; "
             "submit the job again",
         )
@@ -103,7 +104,7 @@ def _file_rows(session: Any, job: Job, file_id: str) -> list[dict[str, Any]]:
     unavailable = f"the dataset file {file_id} is missing or unreadable in the artifact store"
     if f is None:
         raise Unservable(
-            "dataset_unavailable", f"the dataset file {file_id} no longer exists; upload it again"
+            ErrorCode.DATASET_UNAVAILABLE, f"the dataset file {file_id} no longer exists; upload it again"
         )
     try:
         rows = storage.read_jsonl_rows(f.location)
@@ -111,10 +112,10 @@ def _file_rows(session: Any, job: Job, file_id: str) -> list[dict[str, Any]]:
             validate_row(row, where=f"row {n}")
     except (OSError, ValueError, RecursionError) as exc:  # missing, not UTF-8, not JSON, not a row
         reason = (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
-        raise Unservable("dataset_unavailable", f"{unavailable} ({reason}); upload it again") from exc
+        raise Unservable(ErrorCode.DATASET_UNAVAILABLE, f"{unavailable} ({reason}); upload it again") from exc
     if not _sendable(rows):
         raise Unservable(
-            "dataset_unavailable",
+            ErrorCode.DATASET_UNAVAILABLE,
             f"the dataset file {file_id} holds text that is not valid Unicode (a lone surrogate escape "
             "such as \\ud800); fix the file and upload it again",
         )
@@ -140,7 +141,7 @@ def _model_checkpoint(session: Any, job: Job) -> ModelCheckpoint | None:
     model_dir = checkpoint_model_dir(ckpt) if ckpt is not None else None
     if ckpt is None or model_dir is None or not storage.exists(storage.join(ckpt.location, MANIFEST)):
         raise Unservable(
-            "model_checkpoint_unavailable",
+            ErrorCode.MODEL_CHECKPOINT_UNAVAILABLE,
             f"the {gone} is no longer in the artifact store; submit the job with another checkpoint",
         )
     return ModelCheckpoint(
