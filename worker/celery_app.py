@@ -122,7 +122,7 @@ class RemoveLeftoverSecrets(bootsteps.Step):
     requires = (ConfigCheck,)
 
     def __init__(self, parent: Any, **kwargs: Any):
-        from worker.supervisor import jobs_dir, remove_leftover_secrets
+        from worker.launch import jobs_dir, remove_leftover_secrets
 
         removed = remove_leftover_secrets(jobs_dir(get_settings()))
         if removed:
