@@ -34,7 +34,7 @@ from rlcore.errors import ErrorCode, Interrupted, OutOfMemory, RLFTError, Traini
 from rlcore.layout import rewards_dir
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
-from rlcore.rewards import component_metrics, make_job_scorer
+from rlcore.rewards import RewardURLPolicy, component_metrics, make_job_scorer
 from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
 from rlcore.state import RewardLog, TrainerState, capture_rng, restore_rng
@@ -78,19 +78,18 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume: bool | str = True,
     should_stop: Callable[[], bool] | None = None,
-    allow_private: bool = True,
-    allowlist: list[str] | None = None,
+    url_policy: RewardURLPolicy | None = None,
     job_id: str | None = None,
 ) -> TrainResult:
-    """Run a job to the end (or until ``should_stop()``); see docs/contracts.md."""
+    """Run a job to the end (or until ``should_stop()``); see docs/contracts.md. ``url_policy``: which
+    reward URLs it may call (default: public hosts only; ``RewardURLPolicy.local()`` on one's own machine)."""
     trainer = Trainer(
         spec,
         output_dir,
         reward_fn=reward_fn,
         callbacks=callbacks,
         resume=resume,
-        allow_private=allow_private,
-        allowlist=allowlist,
+        url_policy=url_policy,
         job_id=job_id,
     )
     try:
@@ -108,8 +107,7 @@ class Trainer:
         reward_fn=None,
         callbacks=(),
         resume=True,
-        allow_private=True,
-        allowlist=None,
+        url_policy=None,
         job_id=None,
     ):
         from accelerate import Accelerator
@@ -146,8 +144,7 @@ class Trainer:
             spec,
             reward_fn=reward_fn,
             job_id=job_id,
-            allow_private=allow_private,
-            allowlist=allowlist,
+            url_policy=url_policy,
             count_tokens=lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
         )
         self.reward_log = RewardLog(rewards_dir(self.output_dir), self.rank)

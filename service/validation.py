@@ -29,10 +29,10 @@ MAX_INLINE_ROWS = 10_000
 def check_reward_url(url: str | None, settings: Settings, field: str = "reward.url") -> None:
     if not url:
         raise Invalid("reward.url is required: the endpoint that scores completions", field=field)
-    from rlcore.rewards.urlpolicy import check_reward_url as policy
+    from rlcore.rewards.urlpolicy import RewardURLPolicy
 
     try:
-        policy(url, settings.allow_private_reward_urls, settings.reward_url_allowlist or None)
+        RewardURLPolicy.from_settings(settings).check(url)
     except RewardURLForbidden as e:
         raise Invalid(e.message, field=field, code=e.code) from e
 

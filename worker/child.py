@@ -36,6 +36,7 @@ from rlcore.callbacks import Callback
 from rlcore.errors import ConfigError, ErrorCode, Interrupted, RLFTError
 from rlcore.layout import checkpoint_location, rewards_dir, rewards_location
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import JobSpec, apply_header_secrets
 from rlft_contracts.jobs import FinishStatus
 from worker import artifacts
@@ -233,8 +234,7 @@ def _train(
         callbacks=callbacks,
         resume=args.resume or False,
         should_stop=stop,
-        allow_private=args.allow_private,
-        allowlist=args.allowlist or None,
+        url_policy=args.url_policy,
         job_id=args.job_id,
     )
 
@@ -253,11 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--resume", default=None, help="checkpoint directory to resume from (default: start over)")
     p.add_argument("--model-dir", default=None, help="the fetched checkpoint the job continues from")
-    p.add_argument("--allow-private", action="store_true", help="reward URLs may resolve to private ranges")
-    p.add_argument("--allowlist", default="", help="comma-separated reward hosts allowed")
-    args = p.parse_args(argv)
-    args.allowlist = [h for h in args.allowlist.split(",") if h]
-    return args
+    p.add_argument(
+        "--url-policy",
+        type=RewardURLPolicy.from_json,
+        default=RewardURLPolicy(),
+        help='the reward URL policy as JSON: {"allow_private": bool, "allowlist": [host, ...] or null}',
+    )
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from rlcore.errors import ErrorCode
 from rlcore.layout import checkpoint_root, rewards_dir, rewards_location, step_dir_name, step_of
 from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
 from rlcore.rewards.secrets import Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import split_header_secrets
 from rlft.localproc import visible_gpus
 from rlft.settings import Settings
@@ -258,15 +259,13 @@ class Supervisor:
             self.settings.artifact_store,
             "--parent-pid",
             str(os.getpid()),
-            "--allowlist",
-            ",".join(self.settings.reward_url_allowlist),
+            "--url-policy",
+            RewardURLPolicy.from_settings(self.settings).to_json(),
         ]
         if resume_dir is not None:
             args += ["--resume", str(resume_dir)]
         if self.model_dir is not None:
             args += ["--model-dir", str(self.model_dir)]
-        if self.settings.allow_private_reward_urls:
-            args.append("--allow-private")
         self.multi_gpu = self.ranks > 1  # checked against the devices this worker holds (_check_devices)
         return start_child(child_command(args, self.ranks), attempt_dir, reward_headers)
 

@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from rlcore.rewards.secrets import REDACTED, REWARD_HEADERS_ENV, Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlft.settings import Settings
 from tests.rlcore.reward_servers import misbehaving_server, serve_app
 from worker.launch import SPEC_FILE, remove_leftover_secrets
@@ -68,7 +69,8 @@ def test_the_child_takes_headers_from_its_environment_and_scrubs_its_outbox_and_
                     *(sys.executable, "-m", "worker.child", "--job-id", "j"),
                     *("--spec-file", str(tmp_path / "spec.json"), "--output-dir", str(tmp_path / "out")),
                     *("--outbox", str(tmp_path / "outbox.jsonl"), "--store", str(tmp_path / "store")),
-                    *("--parent-pid", str(os.getpid()), "--allow-private"),
+                    *("--parent-pid", str(os.getpid())),
+                    *("--url-policy", RewardURLPolicy.local().to_json()),
                 ],
                 env={**os.environ, REWARD_HEADERS_ENV: json.dumps({"Authorization": value})},
                 stdout=log,
