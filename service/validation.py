@@ -3,12 +3,12 @@ resources."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from rlcore.errors import RewardURLForbidden
+from rlcore.jsonl import read_rows
 from rlcore.modelpolicy import (
     ModelForbidden,
     ModelNotLoadable,
@@ -17,7 +17,7 @@ from rlcore.modelpolicy import (
     forbidden_dirs,
     resolve_roots,
 )
-from rlcore.spec import JobSpec, validate_row
+from rlcore.spec import JobSpec
 from rlft.settings import Settings
 from service import crud
 from service.errors import Invalid
@@ -68,18 +68,11 @@ def _check_path(path: str, settings: Settings) -> None:
     p = Path(path)
     if not p.is_file():
         raise Invalid(f"dataset.path {path!r} does not exist on the service machine", field="dataset.path")
-    rows = 0
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rows += 1
-            try:
-                validate_row(json.loads(line), where=f"line {n}")
-            except (ValueError, RecursionError) as e:
-                raise Invalid(f"dataset.path {path!r}: {e}", field="dataset.path") from e
-    if rows == 0:
-        raise Invalid(f"dataset.path {path!r} has no rows", field="dataset.path")
+    try:
+        with p.open("rb") as f:
+            read_rows(f)
+    except ValueError as e:
+        raise Invalid(f"dataset.path {path!r}: {e}", field="dataset.path") from e
 
 
 def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from rlcore.checkpoint import MANIFEST
 from rlcore.errors import ErrorCode
 from rlcore.rewards.secrets import Scrubber
-from rlcore.spec import apply_header_secrets, validate_row
+from rlcore.spec import apply_header_secrets
 from service import crud, storage
 from service.deps import CipherDep, JobId, SettingsDep, WorkerAuth, WorkerSessionDep
 from service.models import Job
@@ -108,8 +108,6 @@ def _file_rows(session: Any, job: Job, file_id: str) -> list[dict[str, Any]]:
         )
     try:
         rows = storage.read_jsonl_rows(f.location)
-        for n, row in enumerate(rows, 1):
-            validate_row(row, where=f"row {n}")
     except (OSError, ValueError, RecursionError) as exc:  # missing, not UTF-8, not JSON, not a row
         reason = (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
         raise Unservable(ErrorCode.DATASET_UNAVAILABLE, f"{unavailable} ({reason}); upload it again") from exc
