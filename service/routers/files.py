@@ -125,7 +125,7 @@ def _validate_jsonl(f: IO[bytes], settings: Settings) -> tuple[int, int, str]:
             raise Invalid(str(e), field="file", code=ErrorCode.DATASET_INVALID) from e
     if rows == 0:
         raise Invalid(
-            "the file has no rows: give one JSON object a line", field="file", code="dataset_invalid"
+            "the file has no rows: give one JSON object a line", field="file", code=ErrorCode.DATASET_INVALID
         )
     return size, rows, digest.hexdigest()
 
