@@ -12,8 +12,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from rlft.settings import Settings
 from rlft_contracts.broker import TASK_NAME, transport_options
+from rlft_contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from rlcore.modelpolicy import (
     resolve_roots,
 )
 from rlcore.spec import JobSpec
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud
 from service.errors import Invalid
 from service.models import Checkpoint, Tenant

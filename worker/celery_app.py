@@ -25,8 +25,8 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Exchange, Queue
 
-from rlft.settings import Settings, get_settings
 from rlft_contracts.broker import TASK_NAME, redelivers_by_timeout, transport_options
+from rlft_contracts.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 QUEUES = ("gpu", "cpu")

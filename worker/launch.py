@@ -21,7 +21,7 @@ from typing import Any
 
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV
 from rlft.localproc import free_port
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import split_header_secrets
 from rlft.localproc import visible_gpus
-from rlft.settings import Settings
 from rlft_contracts.jobs import FINAL, FinishStatus
+from rlft_contracts.settings import Settings
 from worker import artifacts
 from worker.launch import (
     CHILD_LOG,

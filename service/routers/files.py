@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from rlcore.errors import ErrorCode
 from rlcore.jsonl import parse_row
 from rlcore.spec import check_text
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud, storage
 from service.deps import CurrentTenant, SessionDep, SettingsDep
 from service.errors import Invalid, TooLarge

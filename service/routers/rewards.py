@@ -24,7 +24,7 @@ from rlcore.rewards.http import HTTPRewardClient
 from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import HTTPRewardEntry, RewardSpec
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.admission import release_admission
 from service.bodies import BoundedJSONRoute
 from service.deps import CurrentTenant, SettingsDep

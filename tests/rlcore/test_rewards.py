@@ -673,7 +673,7 @@ def test_example_specs_with_graders_validate_and_score():
 
 
 def test_the_policy_denies_private_hosts_unless_asked_like_the_settings():
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
 
     default = RewardURLPolicy()
     assert default == RewardURLPolicy.from_settings(Settings())  # the engine's default is the operator's
@@ -684,7 +684,7 @@ def test_the_policy_denies_private_hosts_unless_asked_like_the_settings():
 
 
 def test_the_policy_comes_whole_from_the_settings_and_survives_the_trip_to_the_training_process():
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
 
     settings = Settings(allow_private_reward_urls=True, reward_url_allowlist="localhost, *.example.com")
     policy = RewardURLPolicy.from_settings(settings)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlft.settings import Settings
 from rlft_contracts.broker import TASK_NAME
+from rlft_contracts.settings import Settings
 from service.queue import make_producer
 from worker.celery_app import celery_config, create_celery, validate_config
 

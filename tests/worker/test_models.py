@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from rlcore.layout import checkpoint_location
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.rlcore.reward_servers import ServerState, make_app, serve_app

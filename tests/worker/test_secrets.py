@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request, Response
 
 from rlcore.rewards.secrets import REDACTED, REWARD_HEADERS_ENV, Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from tests.rlcore.reward_servers import misbehaving_server, serve_app
 from worker.launch import SPEC_FILE, remove_leftover_secrets
 from worker.outbox import Kind, OutboxWriter

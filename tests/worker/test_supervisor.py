@@ -7,7 +7,7 @@ import signal
 import time
 
 from rlcore.layout import checkpoint_location
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from worker.launch import SPEC_FILE
 from worker.outbox import OutboxReader
 from worker.outcome import ChildOutcome, crash_error
