@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from rlcore.errors import ErrorCode
 from rlcore.jsonl import parse_row
+from rlcore.layout import file_location
 from rlcore.spec import check_text
 from rlft_contracts.settings import Settings
 from service import crud, storage
@@ -76,7 +77,7 @@ def _store(
 ) -> FilePublic:
     size, rows, digest = _validate_jsonl(upload.file, settings)
     file_id = new_id("file")
-    location = storage.join(settings.artifact_store, "files", tenant_id, f"{file_id}.jsonl")
+    location = file_location(settings.artifact_store, tenant_id, file_id)
     upload.file.seek(0)
     _copy_to_store(upload.file, location)
     record = File(
