@@ -88,7 +88,7 @@ def _database(url: str | None, tmp: str) -> Iterator[str]:
         return
     import sqlalchemy as sa
 
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
 
     base = Settings(database_url=url, dev_mode=True).database_url
     schema = "bench_" + secrets.token_hex(4)
@@ -126,7 +126,7 @@ def measure(
     database_url: str | None = None,
     sse_points: int = 20,
 ) -> dict:
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 
@@ -271,7 +271,7 @@ def burst(
     reward_sleep_s: float = 5.0,
 ) -> dict:
     """The issue-9 load test; see the module docstring. Returns the figures as one dict."""
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 

@@ -76,6 +76,7 @@ class Recorder:
 def run_rlcore(args, rec: Recorder) -> dict:
     from rlcore.callbacks import Callback
     from rlcore.errors import Interrupted
+    from rlcore.rewards.urlpolicy import RewardURLPolicy
     from rlcore.spec import JobSpec
     from rlcore.trainer import train
 
@@ -134,6 +135,7 @@ def run_rlcore(args, rec: Recorder) -> dict:
             spec,
             args.workdir,
             reward_fn=None if args.reward_url else letter_reward,
+            url_policy=RewardURLPolicy.local(),  # the benchmark's reward server runs on this machine
             callbacks=[Rec()],
             resume=False,
             should_stop=rec.reached,

@@ -411,7 +411,7 @@ def load(database_url: str | None, opts: dict) -> dict:
     """The whole ``--load`` run; ``opts`` holds the command line's sizes."""
     from benchmarks.api_bench import _api_env, _database, _job_body, _process
     from rlft.localproc import free_port
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from rlft.settings unless service.db.migrate() passed one."""
+"""Alembic environment: the URL comes from rlft_contracts.settings unless service.db.migrate() passed one."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from rlft.settings import get_settings
+    from rlft_contracts.settings import get_settings
 
     return get_settings().database_url
 

@@ -23,18 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlcore.errors import RLFTError
+from rlcore.errors import ErrorCode, RLFTError
+from rlcore.layout import STEP_PREFIX, checkpoint_root, step_dir_name, step_of
 
 MANIFEST = "manifest.json"
-PREFIX = "step-"
-
-
-def checkpoint_root(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def step_dir_name(step: int) -> str:
-    return f"{PREFIX}{step:06d}"
 
 
 def sha256_file(path: Path) -> str:
@@ -118,8 +110,8 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(dirs, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)]
+    return sorted(dirs, key=lambda p: step_of(p.name), reverse=True)
 
 
 def find_resume(output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None):
@@ -133,7 +125,7 @@ def find_resume(output_dir: str | os.PathLike, resume: bool | str | os.PathLike 
         path = Path(resume)
         if verify(path) is None:
             raise RLFTError(
-                f"checkpoint {path} does not verify against its manifest", code="checkpoint_invalid"
+                f"checkpoint {path} does not verify against its manifest", code=ErrorCode.CHECKPOINT_INVALID
             )
         return path, []
     return latest_valid(output_dir)

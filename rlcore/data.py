@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlcore.errors import DatasetError
-from rlcore.spec import DatasetSpec, validate_row
+from rlcore.jsonl import read_rows
+from rlcore.spec import DatasetSpec
 
 
 def load_rows(dataset: DatasetSpec) -> list[dict[str, Any]]:
@@ -27,23 +27,11 @@ def load_rows(dataset: DatasetSpec) -> list[dict[str, Any]]:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"dataset.path {str(path)!r} does not exist or is not a file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            try:
-                validate_row(row, where=f"{path}:{n}")
-            except ValueError as e:
-                raise DatasetError(str(e)) from None
-            rows.append(row)
-    if not rows:
-        raise DatasetError(f"{path} holds no rows")
-    return rows
+    try:
+        with path.open("rb") as f:
+            return read_rows(f)
+    except ValueError as e:
+        raise DatasetError(f"{path}: {e}") from None
 
 
 def render_prompt(row: dict[str, Any], tokenizer) -> str:

@@ -91,6 +91,7 @@ def run_local(spec_path: str, output_dir: str, reward_fn: str | None = None, res
     from rich.console import Console
 
     from rlcore.rewards.callable import load_callable
+    from rlcore.rewards.urlpolicy import RewardURLPolicy
     from rlcore.spec import load_spec
     from rlcore.trainer import train
 
@@ -111,6 +112,7 @@ def run_local(spec_path: str, output_dir: str, reward_fn: str | None = None, res
             reward_fn=fn,
             resume=resume,
             should_stop=stop.is_set,
+            url_policy=RewardURLPolicy.local(),  # the user's own machine: a reward server on localhost
             callbacks=[
                 MetricsFile(out / "metrics.jsonl"),
                 SamplesFile(out / "samples.jsonl"),

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from rlcore.errors import RLFTError
+from rlcore.errors import ErrorCode, RLFTError
 from rlcore.spec import is_hub_id
 
 FORBIDDEN_MESSAGE = (
@@ -36,7 +36,7 @@ FORBIDDEN_MESSAGE = (
 class ModelForbidden(RLFTError):
     """A model the job may not name; the message is the same for every refused value."""
 
-    code = "model_path_forbidden"
+    code = ErrorCode.MODEL_PATH_FORBIDDEN
 
     def __init__(self, field: str):
         super().__init__(FORBIDDEN_MESSAGE.format(field=field))
@@ -46,7 +46,7 @@ class ModelForbidden(RLFTError):
 class ModelNotLoadable(RLFTError):
     """A directory under a model root that is not a Hugging Face model directory."""
 
-    code = "model_not_loadable"
+    code = ErrorCode.MODEL_NOT_LOADABLE
 
 
 def resolve_roots(roots: Iterable[str | os.PathLike]) -> list[Path]:

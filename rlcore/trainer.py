@@ -33,11 +33,12 @@ from rlcore.callbacks import Callback, CallbackList
 from rlcore.critic import SHARED, policy_and_values
 from rlcore.data import PromptCursor, load_rows, render_prompt
 from rlcore.early_stop import EarlyStopper
-from rlcore.errors import Interrupted, OutOfMemory, RLFTError
+from rlcore.errors import ErrorCode, Interrupted, OutOfMemory, RLFTError
 from rlcore.evaluation import Evaluator, load_eval_rows, overlap_warning
+from rlcore.layout import rewards_dir
 from rlcore.models import load_models, load_tokenizer
 from rlcore.optim import make_optimizer, make_scheduler
-from rlcore.rewards import make_job_scorer
+from rlcore.rewards import RewardURLPolicy, make_job_scorer
 from rlcore.rewards.scoring import RewardLog, ScoredRollout, reward_items, score_items
 from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
@@ -70,19 +71,18 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume: bool | str = True,
     should_stop: Callable[[], bool] | None = None,
-    allow_private: bool = True,
-    allowlist: list[str] | None = None,
+    url_policy: RewardURLPolicy | None = None,
     job_id: str | None = None,
 ) -> TrainResult:
-    """Run a job to the end (or until ``should_stop()``); see docs/contracts.md."""
+    """Run a job to the end (or until ``should_stop()``); see docs/contracts.md. ``url_policy``: which
+    reward URLs it may call (default: public hosts only; ``RewardURLPolicy.local()`` on one's own machine)."""
     trainer = Trainer(
         spec,
         output_dir,
         reward_fn=reward_fn,
         callbacks=callbacks,
         resume=resume,
-        allow_private=allow_private,
-        allowlist=allowlist,
+        url_policy=url_policy,
         job_id=job_id,
     )
     try:
@@ -100,8 +100,7 @@ class Trainer:
         reward_fn=None,
         callbacks=(),
         resume=True,
-        allow_private=True,
-        allowlist=None,
+        url_policy=None,
         job_id=None,
     ):
         from accelerate import Accelerator
@@ -119,7 +118,7 @@ class Trainer:
             raise RLFTError(
                 f"hyperparameters.prompts_per_step ({self.hp.prompts_per_step}) must divide by the "
                 f"number of processes ({self.world})",
-                code="invalid_spec",
+                code=ErrorCode.INVALID_SPEC,
             )
         set_seed(self.hp.seed + self.rank)
         self.resume_dir = self._find_resume(resume)
@@ -138,11 +137,10 @@ class Trainer:
             spec,
             reward_fn=reward_fn,
             job_id=job_id,
-            allow_private=allow_private,
-            allowlist=allowlist,
+            url_policy=url_policy,
             count_tokens=lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
         )
-        self.reward_log = RewardLog(self.output_dir / "rewards", self.rank)
+        self.reward_log = RewardLog(rewards_dir(self.output_dir), self.rank)
         self.state = TrainerState(step=0)
         self.reward_moments = alg.empty_moments()  # running reward statistics (reward_norm="running")
         self.evaluator = self._make_evaluator()
@@ -170,7 +168,7 @@ class Trainer:
             rows,
             self.tokenizer,
             self.scorer,
-            self.output_dir / "rewards",
+            rewards_dir(self.output_dir),
             rank=self.rank,
             world=self.world,
             gather=self._gather,

@@ -39,7 +39,7 @@ class CLIError(Exception):
 def _settings():
     from pydantic import ValidationError as PydanticValidationError
 
-    from rlft.settings import get_settings
+    from rlft_contracts.settings import get_settings
 
     try:
         return get_settings()

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from rlft.settings import Settings, get_settings
+from rlft_contracts.settings import Settings, get_settings
 from service import notify, reaper
 from service.admission import AdmissionMiddleware, DryRunSlots, Gate
 from service.crypto import HeaderCipher

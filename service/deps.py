@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud
 from service.crypto import HeaderCipher
 from service.db import session_scope

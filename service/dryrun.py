@@ -20,8 +20,9 @@ from rlcore.rewards.composite import CompositeScorer
 from rlcore.rewards.graders import GraderScorer
 from rlcore.rewards.http import HTTPRewardClient
 from rlcore.rewards.secrets import Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import HTTPRewardEntry, RewardSpec
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.schemas import RewardValidateRequest, RewardValidateResponse
 from service.validation import check_reward_url
 
@@ -95,8 +96,7 @@ def _client(reward: RewardSpec, job_id: str, settings: Settings, name: str | Non
     return HTTPRewardClient(
         _dry_run_spec(reward),
         job_id=job_id,
-        allow_private=settings.allow_private_reward_urls,
-        allowlist=settings.reward_url_allowlist or None,
+        url_policy=RewardURLPolicy.from_settings(settings),
         backoff_base_s=0.2,
         backoff_cap_s=1.0,
         retry_after_cap_s=2.0,

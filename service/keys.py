@@ -17,7 +17,7 @@ from typing import TypeVar
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.models import ApiKey, Tenant, new_id, utcnow
 
 T = TypeVar("T")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from celery import Celery
 
-from rlft.settings import Settings
+from rlft_contracts.broker import TASK_NAME, transport_options
+from rlft_contracts.settings import Settings
 
-TASK_NAME = "rlft.training.run_job"
 log = logging.getLogger(__name__)
 
 
@@ -28,20 +28,13 @@ def make_producer(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=transport_options(settings),
+        # The workers' own options: what the producer tells the broker must not differ from them.
+        broker_transport_options=transport_options(settings.broker_url, settings.broker_visibility_timeout_s),
         # A send must not hang a request when the broker is down: fail fast, the reconciler retries.
         broker_connection_timeout=3,
         broker_connection_max_retries=1,
     )
     return app
-
-
-def transport_options(settings: Settings) -> dict[str, int]:
-    # Redis redelivers an unacked message after visibility_timeout: it must outlast the longest job.
-    # kombu's SQLAlchemy transport hands its options to create_engine, which rejects unknown ones.
-    if settings.broker_url.startswith("sqla+"):
-        return {}
-    return {"visibility_timeout": settings.broker_visibility_timeout_s}
 
 
 class JobQueue:

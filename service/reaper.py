@@ -14,7 +14,7 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud, downloads
 from service.db import session_scope
 from service.queue import JobQueue

@@ -17,6 +17,7 @@ from rlcore.spec import (
     header_secrets,
     http_rewards,
 )
+from rlft_contracts.jobs import FinishStatus
 
 # Ids and names in paths and bodies stay short: nothing a client sends is unbounded.
 _Name = Field(min_length=1, max_length=200)
@@ -350,5 +351,5 @@ class CheckpointId(BaseModel):
 
 
 class FinishRequest(Fenced):
-    status: Literal["succeeded", "failed", "cancelled", "paused"]
+    status: FinishStatus
     error: ErrorInfo | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -10,13 +9,11 @@ from typing import Any
 import fsspec
 
 from rlcore.checkpoint import MANIFEST
+from rlcore.jsonl import read_rows
+from rlcore.layout import store_join as join  # the store's one join rule; routers call storage.join
 
 CHUNK = 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -34,9 +31,9 @@ def exists(url: str) -> bool:
 
 
 def read_jsonl_rows(url: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file already validated at upload (blank lines skipped)."""
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Rows of a JSONL file, validated again (``ValueError`` naming the line): the store may have changed."""
+    with fsspec.open(url, "rb") as f:
+        return read_rows(f)
 
 
 def remove_tree(url: str) -> None:

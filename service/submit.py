@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlcore.spec import JobSpec
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud
 from service.crypto import HeaderCipher
 from service.errors import Conflict, TooManyRequests

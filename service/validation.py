@@ -3,12 +3,12 @@ resources."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from rlcore.errors import RewardURLForbidden
+from rlcore.jsonl import read_rows
 from rlcore.modelpolicy import (
     ModelForbidden,
     ModelNotLoadable,
@@ -17,8 +17,8 @@ from rlcore.modelpolicy import (
     forbidden_dirs,
     resolve_roots,
 )
-from rlcore.spec import DatasetSpec, JobSpec, validate_row
-from rlft.settings import Settings
+from rlcore.spec import DatasetSpec, JobSpec
+from rlft_contracts.settings import Settings
 from service import crud
 from service.errors import Invalid
 from service.models import Checkpoint, Tenant
@@ -29,10 +29,10 @@ MAX_INLINE_ROWS = 10_000
 def check_reward_url(url: str | None, settings: Settings, field: str = "reward.url") -> None:
     if not url:
         raise Invalid("reward.url is required: the endpoint that scores completions", field=field)
-    from rlcore.rewards.urlpolicy import check_reward_url as policy
+    from rlcore.rewards.urlpolicy import RewardURLPolicy
 
     try:
-        policy(url, settings.allow_private_reward_urls, settings.reward_url_allowlist or None)
+        RewardURLPolicy.from_settings(settings).check(url)
     except RewardURLForbidden as e:
         raise Invalid(e.message, field=field, code=e.code) from e
 
@@ -77,18 +77,11 @@ def _check_path(path: str, dataset_field: str, settings: Settings) -> None:
     p = Path(path)
     if not p.is_file():
         raise Invalid(f"{field} {path!r} does not exist on the service machine", field=field)
-    rows = 0
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rows += 1
-            try:
-                validate_row(json.loads(line), where=f"line {n}")
-            except (ValueError, RecursionError) as e:
-                raise Invalid(f"{field} {path!r}: {e}", field=field) from e
-    if rows == 0:
-        raise Invalid(f"{field} {path!r} has no rows", field=field)
+    try:
+        with p.open("rb") as f:
+            read_rows(f)
+    except ValueError as e:
+        raise Invalid(f"{field} {path!r}: {e}", field=field) from e
 
 
 def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> None:

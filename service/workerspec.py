@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from rlcore.checkpoint import MANIFEST
-from rlcore.spec import apply_header_secrets, validate_row
+from rlcore.errors import ErrorCode
+from rlcore.spec import apply_header_secrets
 from service import crud, storage
 from service.crypto import HeaderCipher
 from service.models import Job
@@ -53,7 +54,7 @@ def _worker_spec(session: Any, job: Job, cipher: Any) -> dict[str, Any]:
     if not _sendable(spec):
         # Never quote the spec: it holds the reward header values.
         raise Unservable(
-            "invalid_spec",
+            ErrorCode.INVALID_SPEC,
             "the stored job spec holds text that is not valid Unicode or a number that is not finite; "
             "submit the job again",
         )
@@ -65,18 +66,16 @@ def _file_rows(session: Any, job: Job, file_id: str) -> list[dict[str, Any]]:
     unavailable = f"the dataset file {file_id} is missing or unreadable in the artifact store"
     if f is None:
         raise Unservable(
-            "dataset_unavailable", f"the dataset file {file_id} no longer exists; upload it again"
+            ErrorCode.DATASET_UNAVAILABLE, f"the dataset file {file_id} no longer exists; upload it again"
         )
     try:
         rows = storage.read_jsonl_rows(f.location)
-        for n, row in enumerate(rows, 1):
-            validate_row(row, where=f"row {n}")
     except (OSError, ValueError, RecursionError) as exc:  # missing, not UTF-8, not JSON, not a row
         reason = (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
-        raise Unservable("dataset_unavailable", f"{unavailable} ({reason}); upload it again") from exc
+        raise Unservable(ErrorCode.DATASET_UNAVAILABLE, f"{unavailable} ({reason}); upload it again") from exc
     if not _sendable(rows):
         raise Unservable(
-            "dataset_unavailable",
+            ErrorCode.DATASET_UNAVAILABLE,
             f"the dataset file {file_id} holds text that is not valid Unicode (a lone surrogate escape "
             "such as \\ud800); fix the file and upload it again",
         )
@@ -108,7 +107,7 @@ def _model_checkpoint(session: Any, job: Job) -> ModelCheckpoint | None:
         or not storage.exists(storage.join(ckpt.location, MANIFEST))
     ):
         raise Unservable(
-            "model_checkpoint_unavailable",
+            ErrorCode.MODEL_CHECKPOINT_UNAVAILABLE,
             f"the {gone} is no longer in the artifact store; submit the job with another checkpoint",
         )
     return ModelCheckpoint(

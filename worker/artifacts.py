@@ -29,22 +29,6 @@ class ArtifactError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt in the artifact store."""
 
 
-def checkpoint_location(store: str, job_id: str, step: int) -> str:
-    """Where a job's checkpoint of ``step`` lives in the store (a directory URL or path)."""
-    return _join(store, job_id, "checkpoints", f"step-{step:06d}")
-
-
-def rewards_location(store: str, job_id: str) -> str:
-    """Where a job's recorded rewards are mirrored, so that a resume on another machine reuses them."""
-    return _join(store, job_id, "rewards")
-
-
-def _join(base: str, *parts: str) -> str:
-    if "://" in base:
-        return posixpath.join(base.rstrip("/"), *parts)
-    return str(Path(base).joinpath(*parts))
-
-
 def read_manifest(local_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(local_dir) / MANIFEST
     try:

@@ -25,15 +25,14 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Exchange, Queue
 
-from rlft.settings import Settings, get_settings
+from rlft_contracts.broker import TASK_NAME, redelivers_by_timeout, transport_options
+from rlft_contracts.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-TASK_NAME = "rlft.training.run_job"
 QUEUES = ("gpu", "cpu")
 # Time the hard limit leaves after the job's own limit: the engine checkpoints and the relay flushes.
 TIME_LIMIT_MARGIN_S = 300
 _BROKER_SCHEMES = ("redis", "rediss", "sqla+", "amqp", "pyamqp", "sqs", "memory")
-_TIMEOUT_BROKERS = ("redis", "rediss", "sqs")
 
 
 class ImproperlyConfigured(RuntimeError):
@@ -45,7 +44,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": _transport_options(settings),
+        "broker_transport_options": transport_options(
+            settings.broker_url, settings.broker_visibility_timeout_s
+        ),
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -61,14 +62,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
     }
-
-
-def _transport_options(settings: Settings) -> dict[str, Any]:
-    # Only brokers with redelivery by timeout take it (kombu's SQLAlchemy transport hands its options to
-    # create_engine, which rejects unknown ones): those redeliver unacknowledged messages when it expires.
-    if settings.broker_url.startswith(_TIMEOUT_BROKERS):
-        return {"visibility_timeout": settings.broker_visibility_timeout_s}
-    return {}
 
 
 def validate_config(conf: Any, settings: Settings) -> list[str]:
@@ -91,7 +84,7 @@ def validate_config(conf: Any, settings: Settings) -> list[str]:
             f"task_time_limit ({limit}) must exceed RLFT_JOB_TIME_LIMIT_S ({settings.job_time_limit_s}): "
             "the job needs time to checkpoint after its own limit"
         )
-    elif str(conf.broker_url).startswith(_TIMEOUT_BROKERS) and (visibility is None or visibility <= limit):
+    elif redelivers_by_timeout(conf.broker_url) and (visibility is None or visibility <= limit):
         problems.append(
             f"RLFT_BROKER_VISIBILITY_TIMEOUT_S ({visibility}) must exceed the hard time limit ({limit} s = "
             f"RLFT_JOB_TIME_LIMIT_S + {TIME_LIMIT_MARGIN_S}), or the broker redelivers running jobs; "
@@ -129,7 +122,7 @@ class RemoveLeftoverSecrets(bootsteps.Step):
     requires = (ConfigCheck,)
 
     def __init__(self, parent: Any, **kwargs: Any):
-        from worker.supervisor import jobs_dir, remove_leftover_secrets
+        from worker.launch import jobs_dir, remove_leftover_secrets
 
         removed = remove_leftover_secrets(jobs_dir(get_settings()))
         if removed:

@@ -4,11 +4,11 @@ Started by the supervisor as ``python -m worker.child ARGS`` (or under ``acceler
 for more than one GPU), never forked from the worker: CUDA does not survive a fork, and a fresh interpreter
 keeps the worker itself free of torch.
 
-Every engine callback becomes one JSON line appended to the outbox; the supervisor tails the file and relays
-the lines to the service. The last line is ``{"type": "result", "status": ..., "error": ...}``. SIGTERM
-(cancel, pause, worker shutdown) makes ``should_stop()`` true, so the engine checkpoints and stops between
-steps. The process dies with its supervisor (parent-death signal, plus a watchdog where that is missing),
-so a killed worker never leaves a training process writing behind a newer lease.
+Every engine callback becomes one JSON line appended to the outbox (worker/outbox.py); the supervisor
+tails the file and relays the lines to the service. The last line is the result (status and error).
+SIGTERM (cancel, pause, worker shutdown) makes ``should_stop()`` true, so the engine checkpoints and stops
+between steps. The process dies with its supervisor (parent-death signal, plus a watchdog where that is
+missing), so a killed worker never leaves a training process writing behind a newer lease.
 
 The reward headers are secrets, kept off disk: ``--spec-file`` holds the spec without their values, which
 come in the environment variable ``RLFT_REWARD_HEADERS`` (a JSON object; ``accelerate launch`` passes it
@@ -33,44 +33,25 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.callbacks import Callback
-from rlcore.errors import ConfigError, Interrupted, RLFTError
+from rlcore.errors import ConfigError, ErrorCode, Interrupted, RLFTError
+from rlcore.layout import checkpoint_location, rewards_dir, rewards_location
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import JobSpec, apply_header_secrets
+from rlft_contracts.jobs import FinishStatus
 from worker import artifacts
+from worker.outbox import Kind, OutboxWriter
+from worker.outcome import INTERRUPTED, classify
 
 log = logging.getLogger("worker.child")
 _PR_SET_PDEATHSIG = 1
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
 
 
-class Outbox:
-    """Appends one JSON object per line; each line is flushed whole so the reader never sees half of it.
-    Every string of a line is scrubbed of the reward header values first."""
-
-    def __init__(self, path: str | os.PathLike, scrub: Scrubber | None = None):
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-        self._lock = threading.Lock()
-        self._scrub = scrub or Scrubber(())
-
-    def write(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"type": kind, **fields}, default=str, allow_nan=False)
-        if self._scrub:
-            # Scrubbed as data, not as text: a value may hold JSON's own quotes. Through JSON first, so
-            # that what default=str made of an object is scrubbed too.
-            line = json.dumps(self._scrub.data(json.loads(line)), allow_nan=False)
-        line += "\n"
-        with self._lock:
-            self._file.write(line)
-            self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class OutboxCallback(Callback):
     """Turns engine callbacks into outbox lines; uploads each checkpoint to the artifact store first."""
 
-    def __init__(self, outbox: Outbox, *, job_id: str, store: str, output_dir: Path):
+    def __init__(self, outbox: OutboxWriter, *, job_id: str, store: str, output_dir: Path):
         self.outbox = outbox
         self.job_id = job_id
         self.store = store
@@ -79,7 +60,7 @@ class OutboxCallback(Callback):
         self._mirrored: dict[str, tuple[float, int]] = {}
 
     def on_train_start(self, step: int, total_steps: int) -> None:
-        self.outbox.write("progress", step=step, total_steps=total_steps)
+        self.outbox.write(Kind.PROGRESS, step=step, total_steps=total_steps)
 
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         # JSON has no NaN/inf; the engine fails the job on a non-finite loss, other values are dropped.
@@ -87,7 +68,7 @@ class OutboxCallback(Callback):
         self._last_metrics = finite
         # Mirrored first: once the service shows a step, a resume elsewhere can reuse that step's rewards.
         self._mirror_rewards()
-        self.outbox.write("metrics", step=step, metrics=finite)
+        self.outbox.write(Kind.METRICS, step=step, metrics=finite)
 
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         records = [
@@ -98,24 +79,24 @@ class OutboxCallback(Callback):
             }
             for s in samples
         ]
-        self.outbox.write("samples", step=step, samples=records)
+        self.outbox.write(Kind.SAMPLES, step=step, samples=records)
 
     def on_checkpoint(self, step: int, path: str, manifest: dict[str, Any]) -> None:
-        location = artifacts.checkpoint_location(self.store, self.job_id, step)
+        location = checkpoint_location(self.store, self.job_id, step)
         registration = _retry(
             lambda: artifacts.upload_checkpoint(path, location), what=f"upload to {location}"
         )
-        self.outbox.write("checkpoint", step=step, metrics=self._last_metrics, **registration)
+        self.outbox.write(Kind.CHECKPOINTS, step=step, metrics=self._last_metrics, **registration)
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
-        self.outbox.write("event", level=level, message=message, data=data or {})
+        self.outbox.write(Kind.EVENTS, level=level, message=message, data=data or {})
 
     def _mirror_rewards(self) -> None:
         # Best effort: a resume on another machine reuses these; losing one only costs a reward call.
         try:
             artifacts.mirror_files(
-                self.output_dir / "rewards",
-                artifacts.rewards_location(self.store, self.job_id),
+                rewards_dir(self.output_dir),
+                rewards_location(self.store, self.job_id),
                 self._mirrored,
             )
         except OSError as exc:
@@ -133,7 +114,7 @@ def _retry(fn, *, what: str, tries: int = 5):
         except OSError as exc:
             if attempt == tries - 1:
                 raise RLFTError(
-                    f"artifact store: {what} failed: {exc}", code="artifact_store_unavailable"
+                    f"artifact store: {what} failed: {exc}", code=ErrorCode.ARTIFACT_STORE_UNAVAILABLE
                 ) from exc
             time.sleep(min(8.0, 0.5 * 2**attempt))
 
@@ -170,21 +151,6 @@ def die_with_parent(parent_pid: int) -> None:
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="rlft-parent-watchdog", daemon=True).start()
-
-
-def classify(exc: BaseException, scrub: Scrubber | None = None) -> dict[str, Any]:
-    """The job's error ``{code, message}`` for an exception that ended training, scrubbed with ``scrub``
-    before any cut (a cut value would no longer match)."""
-    scrub = scrub or Scrubber(())
-    if isinstance(exc, RLFTError):
-        return {"code": exc.code, "message": scrub(exc.message)}
-    if isinstance(exc, MemoryError) or type(exc).__name__ in ("OutOfMemoryError", "OutOfMemory"):
-        code, message = "out_of_memory", f"out of memory: {exc}"
-    elif isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
-        code, message = "out_of_memory", str(exc)
-    else:
-        code, message = "internal_error", f"{type(exc).__name__}: {exc}"
-    return {"code": code, "message": scrub(message)[:2000]}
 
 
 class ScrubbedStream:
@@ -226,25 +192,25 @@ def take_reward_headers() -> dict[str, Any]:
 def run(args: argparse.Namespace, reward_headers: dict[str, Any] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     scrub = Scrubber.for_headers(reward_headers)
-    outbox = Outbox(args.outbox, scrub) if rank0 else None
+    outbox = OutboxWriter(args.outbox, scrub) if rank0 else None
     stop = StopFlag()
     stop.install()
     try:
         _train(args, outbox, stop, reward_headers or {})
-        status, error, code = "succeeded", None, EXIT_OK
+        status, error, code = FinishStatus.SUCCEEDED, None, EXIT_OK
     except Interrupted:
-        status, error, code = "interrupted", None, EXIT_INTERRUPTED
+        status, error, code = INTERRUPTED, None, EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - every way out must be reported with a code
         sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
-        status, error, code = "failed", classify(exc, scrub), EXIT_FAILED
+        status, error, code = FinishStatus.FAILED, classify(exc, scrub), EXIT_FAILED
     if outbox is not None:
-        outbox.write("result", status=status, error=error)
+        outbox.write(Kind.RESULT, status=status, error=error)
         outbox.close()
     return code
 
 
 def _train(
-    args: argparse.Namespace, outbox: Outbox | None, stop: StopFlag, reward_headers: dict[str, Any]
+    args: argparse.Namespace, outbox: OutboxWriter | None, stop: StopFlag, reward_headers: dict[str, Any]
 ) -> None:
     from rlcore.trainer import train  # imports torch: only here, in the child
 
@@ -268,8 +234,7 @@ def _train(
         callbacks=callbacks,
         resume=args.resume or False,
         should_stop=stop,
-        allow_private=args.allow_private,
-        allowlist=args.allowlist or None,
+        url_policy=args.url_policy,
         job_id=args.job_id,
     )
 
@@ -288,11 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--resume", default=None, help="checkpoint directory to resume from (default: start over)")
     p.add_argument("--model-dir", default=None, help="the fetched checkpoint the job continues from")
-    p.add_argument("--allow-private", action="store_true", help="reward URLs may resolve to private ranges")
-    p.add_argument("--allowlist", default="", help="comma-separated reward hosts allowed")
-    args = p.parse_args(argv)
-    args.allowlist = [h for h in args.allowlist.split(",") if h]
-    return args
+    p.add_argument(
+        "--url-policy",
+        type=RewardURLPolicy.from_json,
+        default=RewardURLPolicy(),
+        help='the reward URL policy as JSON: {"allow_private": bool, "allowlist": [host, ...] or null}',
+    )
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

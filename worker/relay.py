@@ -23,14 +23,17 @@ from typing import Any
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
+from worker.outbox import Kind
+
 log = logging.getLogger(__name__)
 
 # Items per request, per kind: a checkpoint registration is one request each (its body is the item).
-BATCH_LIMITS = {"metrics": 500, "events": 100, "samples": 100, "checkpoints": 1}
+# The kinds are the outbox's (worker/outbox.py), each named like the /internal/v1 call that takes it.
+BATCH_LIMITS = {Kind.METRICS: 500, Kind.EVENTS: 100, Kind.SAMPLES: 100, Kind.CHECKPOINTS: 1}
 # A batch the service answers with HTTP 500 this many times in a row is a poison batch, not an outage
 # (outages look like refused connections, 502, 503, 504): it is split, then its bad item dropped.
 POISON_AFTER = 3
-_LIST_FIELD = {"metrics": "points", "events": "events", "samples": "samples"}
+_LIST_FIELD = {Kind.METRICS: "points", Kind.EVENTS: "events", Kind.SAMPLES: "samples"}
 
 
 class LeaseLost(Exception):
@@ -121,7 +124,7 @@ class Relay:
 
     def add(self, kind: str, item: dict[str, Any]) -> None:
         if kind not in BATCH_LIMITS:
-            raise ValueError(f"unknown relay kind {kind!r}; expected one of {sorted(BATCH_LIMITS)}")
+            raise ValueError(f"unknown relay kind {kind!r}; expected one of {sorted(map(str, BATCH_LIMITS))}")
         self._queue.append((kind, item))
 
     @property
@@ -194,7 +197,7 @@ class Relay:
         return kind, items
 
     def _body(self, kind: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        if kind == "checkpoints":
+        if kind == Kind.CHECKPOINTS:
             return {"fence": self.fence, **items[0]}
         return {"fence": self.fence, _LIST_FIELD[kind]: items}
 

@@ -11,6 +11,9 @@ The reward headers of the claim never touch the disk: the spec file the child re
 values, which travel in the child's environment (``RLFT_REWARD_HEADERS``, see worker/child.py), and the
 crash message quoting child.log and every relayed line are scrubbed of them. Workers before this one wrote
 them into ``spec.json``; ``remove_leftover_secrets`` deletes those at worker start.
+
+Around this loop: the process and its directory in worker/launch.py, the outbox it tails (and its dispatch
+table) in worker/outbox.py, how an attempt's end becomes a job status in worker/outcome.py.
 """
 
 from __future__ import annotations
@@ -22,21 +25,35 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlcore.checkpoint import list_checkpoints, step_dir_name
+from rlcore.checkpoint import list_checkpoints
+from rlcore.errors import ErrorCode
+from rlcore.layout import checkpoint_root, rewards_dir, rewards_location, step_dir_name, step_of
 from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
-from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
+from rlcore.rewards.secrets import Scrubber
+from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import split_header_secrets
-from rlft.localproc import free_port as _free_port
 from rlft.localproc import visible_gpus
-from rlft.settings import Settings
+from rlft_contracts.jobs import FINAL, FinishStatus
+from rlft_contracts.settings import Settings
 from worker import artifacts
+from worker.launch import (
+    CHILD_LOG,
+    OUTBOX_FILE,
+    SPEC_FILE,
+    child_command,
+    jobs_dir,
+    remove_leftover_secrets,
+    signal_child,
+    start_child,
+    write_private,
+)
+from worker.outbox import ChildReports, Kind, OutboxReader, consume
+from worker.outcome import ChildOutcome, final_status
 from worker.relay import LeaseLost, Relay, ServiceClient, ServiceRejected, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,41 +64,6 @@ SHUTDOWN = threading.Event()
 CLAIM_WITHIN_S = 60.0  # how long a claim retries a down service before the task is retried by Celery
 STOP_GRACE_S = 300.0  # after SIGTERM, time for the engine to finish its step and checkpoint
 FINISH_WITHIN_S = 120.0
-SPEC_FILE = "spec-without-secrets.json"  # the claim's spec, reward header values left out
-LEGACY_SECRET_FILES = ("spec.json",)  # what older workers left in attempt directories, headers in clear
-
-
-@dataclass
-class ChildOutcome:
-    status: str | None = None  # the result line's status: succeeded | failed | interrupted
-    error: dict[str, str] | None = None
-    returncode: int | None = None
-
-
-@dataclass
-class Progress:
-    step: int | None = None
-    total_steps: int | None = None
-
-
-class OutboxReader:
-    """Reads complete JSON lines appended to the child's outbox since the last call."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
 
 
 class Supervisor:
@@ -104,7 +86,7 @@ class Supervisor:
         )
         self.job_dir = jobs_dir(settings) / job_id
         self.output_dir = self.job_dir / "output"
-        self.progress = Progress()
+        self.reports = ChildReports()  # what the training process reported, besides what is relayed
         self.stop_action: str | None = None  # cancel | pause | time_limit | shutdown, once asked
         self.multi_gpu = False
         self.ranks = 1  # training processes to start (_check_devices)
@@ -144,13 +126,14 @@ class Supervisor:
         )
         remove_leftover_secrets(jobs_dir(self.settings), job_id=self.job_id)  # older attempts of this job
         if (error := self._prepare(claim)) is not None:  # nothing to spawn: devices, model, checkpoint
-            return self._finish(ChildOutcome(status="failed", error=error), attempt_dir)
-        spec, reward_headers = _split_secrets(claim["spec"])
+            return self._finish(ChildOutcome(status=FinishStatus.FAILED, error=error), attempt_dir)
+        # The claim's spec without reward header values, and those values (rlcore.spec's stored shape).
+        spec, reward_headers = split_header_secrets(claim["spec"])
         self.scrub = Scrubber.for_headers(reward_headers)
-        spec_file = _write_private(attempt_dir / SPEC_FILE, json.dumps(spec))
+        spec_file = write_private(attempt_dir / SPEC_FILE, json.dumps(spec))
         try:
-            child = self._spawn(claim["spec"], spec_file, attempt_dir, resume_dir, reward_headers)
-            outcome = self._supervise(child, OutboxReader(attempt_dir / "outbox.jsonl"))
+            child = self._spawn(spec_file, attempt_dir, resume_dir, reward_headers)
+            outcome = self._supervise(child, OutboxReader(attempt_dir / OUTBOX_FILE))
         except LeaseLost as exc:
             log.warning("job %s: lease lost (%s); stopped without finishing", self.job_id, exc)
             return "lease_lost"
@@ -169,17 +152,17 @@ class Supervisor:
         """
         store = self.settings.artifact_store
         try:
-            artifacts.fetch_files(artifacts.rewards_location(store, self.job_id), self.output_dir / "rewards")
+            artifacts.fetch_files(rewards_location(store, self.job_id), rewards_dir(self.output_dir))
         except OSError as exc:
             log.warning("job %s: no recorded rewards restored: %s", self.job_id, exc)
         registered = int(resume["step"]) if resume and resume.get("location") else -1
         for stale in list_checkpoints(self.output_dir):
             # Unknown to the service; left in place, pruning could delete the replay's own new checkpoints.
-            if int(stale.name.split("-", 1)[1]) > registered:
+            if step_of(stale.name) > registered:
                 shutil.rmtree(stale, ignore_errors=True)
         if registered < 0:
             return None
-        local = self.output_dir / "checkpoints" / step_dir_name(registered)
+        local = checkpoint_root(self.output_dir) / step_dir_name(registered)
         if artifacts.verify_checkpoint(local):
             return local
         try:
@@ -211,7 +194,7 @@ class Supervisor:
         if asked <= held:
             return None
         return {
-            "code": "insufficient_devices",
+            "code": ErrorCode.INSUFFICIENT_DEVICES.value,
             "message": f"the job asks for {asked} GPUs (resources.gpus) and this worker holds {gpus} GPU(s)"
             + ("" if gpus else f" and offers {self.settings.worker_cpu_ranks} CPU rank(s)")
             + f"; route the job (resources.queue) to workers started with at least {asked} GPUs "
@@ -248,7 +231,7 @@ class Supervisor:
         except (artifacts.ArtifactError, OSError) as exc:
             log.warning("job %s: checkpoint %s not fetched: %s", self.job_id, checkpoint["id"], exc)
             return {
-                "code": "model_checkpoint_unavailable",
+                "code": ErrorCode.MODEL_CHECKPOINT_UNAVAILABLE.value,
                 "message": f"checkpoint {checkpoint['id']}, which the job continues from, could not be "
                 "fetched from the artifact store or does not match its manifest; submit the job with "
                 "another checkpoint",
@@ -258,7 +241,6 @@ class Supervisor:
 
     def _spawn(
         self,
-        spec: dict[str, Any],
         spec_file: Path,
         attempt_dir: Path,
         resume_dir: Path | None,
@@ -272,77 +254,25 @@ class Supervisor:
             "--output-dir",
             str(self.output_dir),
             "--outbox",
-            str(attempt_dir / "outbox.jsonl"),
+            str(attempt_dir / OUTBOX_FILE),
             "--store",
             self.settings.artifact_store,
             "--parent-pid",
             str(os.getpid()),
-            "--allowlist",
-            ",".join(self.settings.reward_url_allowlist),
+            "--url-policy",
+            RewardURLPolicy.from_settings(self.settings).to_json(),
         ]
         if resume_dir is not None:
             args += ["--resume", str(resume_dir)]
         if self.model_dir is not None:
             args += ["--model-dir", str(self.model_dir)]
-        if self.settings.allow_private_reward_urls:
-            args.append("--allow-private")
-        gpus = self.ranks  # checked against the devices this worker holds (_check_devices)
-        self.multi_gpu = gpus > 1
-        if self.multi_gpu:
-            # torchrun through accelerate, one rank per GPU, a rendezvous port of its own so that two jobs on
-            # one machine never meet. Precision is the engine's choice (its Accelerator), not the launcher's.
-            launch = [
-                "--multi_gpu",
-                "--num_processes",
-                str(gpus),
-                "--num_machines",
-                "1",
-                "--main_process_port",
-                str(_free_port()),
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-            ]
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "worker.child", *args]
-        else:
-            cmd = [sys.executable, "-m", "worker.child", *args]
-        outbox = attempt_dir / "outbox.jsonl"
-        if outbox.exists():  # this worker runs the same attempt again (its claim was repeated)
-            outbox.rename(attempt_dir / f"outbox.{time.time_ns()}.jsonl")
-        # An empty working directory of its own: Hugging Face loaders take a relative directory named like
-        # a hub id over the hub, so a tenant's "org/name" must never meet a directory of that name here.
-        workdir = attempt_dir / "cwd"
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir()
-        # The child imports the same code as this supervisor, whichever directory it runs in.
-        source = str(Path(__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
-        log_file = open(attempt_dir / "child.log", "ab")  # noqa: SIM115 - the child owns it from here
-        try:
-            # A new session: Ctrl-C or a SIGTERM to the worker's group reaches the supervisor, which decides.
-            return subprocess.Popen(
-                cmd,
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # The reward headers go in the environment, never on disk or on the command line.
-                env={
-                    **os.environ,
-                    "PYTHONUNBUFFERED": "1",
-                    "PYTHONPATH": path,
-                    REWARD_HEADERS_ENV: json.dumps(reward_headers),
-                },
-            )
-        finally:
-            log_file.close()
+        self.multi_gpu = self.ranks > 1  # checked against the devices this worker holds (_check_devices)
+        return start_child(child_command(args, self.ranks), attempt_dir, reward_headers)
 
     # -- while the child runs ---------------------------------------------------------------------------
 
     def _supervise(self, child: subprocess.Popen, outbox: OutboxReader) -> ChildOutcome:
-        outcome = ChildOutcome()
+        self.reports = ChildReports()
         started = time.monotonic()
         lease_until = started + self.settings.lease_seconds
         next_beat = started
@@ -350,12 +280,11 @@ class Supervisor:
         try:
             while True:
                 exited = child.poll() is not None
-                self._consume(outbox.read(), outcome)
+                consume(outbox.read(), self.relay, self.reports, self.scrub)
                 self.relay.flush()
                 now = time.monotonic()
                 if exited:
-                    outcome.returncode = child.returncode
-                    return outcome
+                    return ChildOutcome(self.reports.status, self.reports.error, child.returncode)
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_every_s
                     if self._heartbeat():
@@ -368,21 +297,21 @@ class Supervisor:
                     self.stop_action = "shutdown"
                 if self.stop_action and stop_sent_at is None:
                     stop_sent_at = now
-                    _signal(child, signal.SIGTERM, ranks=self.multi_gpu)
+                    signal_child(child, signal.SIGTERM, ranks=self.multi_gpu)
                 elif stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
-                    _signal(child, signal.SIGKILL)
+                    signal_child(child, signal.SIGKILL)
                 time.sleep(self.poll_s)
         except BaseException:
             # Lease lost, or the worker itself is going down hard: never leave the trainer running.
-            _signal(child, signal.SIGKILL)
+            signal_child(child, signal.SIGKILL)
             child.wait()
             raise
 
     def _heartbeat(self) -> bool:
         body = {
             "fence": self.relay.fence,
-            "step": self.progress.step,
-            "total_steps": self.progress.total_steps,
+            "step": self.reports.step,
+            "total_steps": self.reports.total_steps,
         }
         try:
             answer = self.client.call("heartbeat", body)
@@ -397,26 +326,6 @@ class Supervisor:
             log.info("job %s: %s requested; stopping the training process", self.job_id, action)
             self.stop_action = action
         return True
-
-    def _consume(self, lines: list[dict[str, Any]], outcome: ChildOutcome) -> None:
-        for line in lines:
-            line = self.scrub.data(line)  # the child scrubs too; a line the child did not write may not be
-            kind = line.pop("type", None)
-            if kind == "metrics":
-                self.progress.step = line["step"]
-                for name, value in line["metrics"].items():
-                    self.relay.add("metrics", {"step": line["step"], "name": name, "value": value})
-            elif kind == "samples":
-                for sample in line["samples"]:
-                    self.relay.add("samples", sample)
-            elif kind == "event":
-                self.relay.add("events", {"type": "message", **line})
-            elif kind == "checkpoint":
-                self.relay.add("checkpoints", line)
-            elif kind == "progress":
-                self.progress.step, self.progress.total_steps = line["step"], line["total_steps"]
-            elif kind == "result":
-                outcome.status, outcome.error = line["status"], line.get("error")
 
     # -- after the child --------------------------------------------------------------------------------
 
@@ -455,137 +364,18 @@ class Supervisor:
         except ServiceUnavailable as exc:
             log.error("job %s: could not report %s (%s); left to the reaper", self.job_id, status, exc)
             return "unfinished"
-        if status in ("succeeded", "failed", "cancelled"):
+        if status in FINAL:
             # Every checkpoint is in the artifact store; the local copies only cost disk.
             shutil.rmtree(self.output_dir, ignore_errors=True)
         return status
 
-    def _final_status(self, outcome: ChildOutcome, attempt_dir: Path) -> tuple[str | None, dict | None]:
-        stopped = {"cancel": "cancelled", "pause": "paused"}.get(self.stop_action or "")
-        if outcome.status == "succeeded":
-            return "succeeded", None
-        if outcome.status == "failed":
-            return "failed", outcome.error
-        if self.stop_action == "time_limit":
-            return "failed", {
-                "code": "time_limit_exceeded",
-                "message": f"the job ran longer than {self.settings.job_time_limit_s} s",
-            }
-        if stopped:
-            return stopped, None
-        if outcome.status == "interrupted" or self.stop_action == "shutdown":
-            return None, None
-        return "failed", _crash_error(outcome.returncode, attempt_dir / "child.log", self.scrub)
+    def _final_status(
+        self, outcome: ChildOutcome, attempt_dir: Path
+    ) -> tuple[FinishStatus | None, dict[str, str] | None]:
+        return final_status(
+            outcome, self.stop_action, self.settings.job_time_limit_s, attempt_dir / CHILD_LOG, self.scrub
+        )
 
     def _event(self, level: str, message: str, data: dict[str, Any]) -> None:
         if hasattr(self, "relay"):
-            self.relay.add("events", {"level": level, "type": "message", "message": message, "data": data})
-
-
-def _crash_error(returncode: int | None, log_path: Path, scrub: Scrubber | None = None) -> dict[str, str]:
-    tail = _tail(log_path, scrub or Scrubber(()))
-    if returncode == -signal.SIGKILL:
-        return {
-            "code": "out_of_memory",
-            "message": "the training process was killed (SIGKILL), most likely by the host's out-of-memory "
-            f"killer; last output: {tail}",
-        }
-    how = f"signal {-returncode}" if returncode is not None and returncode < 0 else f"exit code {returncode}"
-    return {
-        "code": "training_process_crashed",
-        "message": f"the training process ended with {how} without reporting a result; last output: {tail}",
-    }
-
-
-def _tail(path: Path, scrub: Scrubber, max_bytes: int = 1500) -> str:
-    """The end of the log, scrubbed. Read with a margin: a value the seek cuts would no longer match, so
-    the margin (which holds any such part) is dropped after decoding, and the scrubbed text cut after."""
-    margin = 4 * scrub.longest  # bytes: a character is at most 4 of them
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            f.seek(max(0, size - max_bytes - margin))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    if size > max_bytes + margin:
-        text = text[margin:]
-    return scrub(text)[-max_bytes:].strip() or "(none)"
-
-
-def _signal(child: subprocess.Popen, sig: int, *, ranks: bool = False) -> None:
-    """Signal the training process. With ``ranks`` (under ``accelerate launch``) SIGTERM goes to the ranks
-    only: they must checkpoint and exit on their own, while the launcher, told to stop, would kill them after
-    a short grace of its own. SIGKILL goes to the child's group and its ranks (which torchrun starts in
-    sessions of their own; they also die with their parent, see worker/child.py)."""
-    if child.poll() is not None:
-        return
-    rank_pids = _training_descendants(child.pid) if ranks or sig == signal.SIGKILL else []
-    try:
-        if sig == signal.SIGKILL:
-            os.killpg(child.pid, sig)
-        elif not rank_pids:
-            os.kill(child.pid, sig)
-    except ProcessLookupError:
-        pass
-    for pid in rank_pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _training_descendants(root: int) -> list[int]:
-    """Pids of ``worker.child`` processes below ``root`` in the process tree (Linux /proc; else none)."""
-    parents: dict[int, int] = {}
-    commands: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent:
-                frontier.append(pid)
-                if b"worker.child" in commands.get(pid, b""):
-                    found.append(pid)
-    return found
-
-
-def jobs_dir(settings: Settings) -> Path:
-    """Where a worker keeps its job attempts: ``data_dir/worker/jobs/<job id>/attempt-N-fence-F/``."""
-    return Path(settings.data_dir) / "worker" / "jobs"
-
-
-def _split_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The claim's spec without reward header values, and those values (``rlcore.spec``'s stored shape)."""
-    return split_header_secrets(spec)
-
-
-def remove_leftover_secrets(jobs_dir: Path, job_id: str | None = None) -> int:
-    """Delete the secret-bearing files older workers left in attempt directories under ``jobs_dir``
-    (``data_dir/worker/jobs``): all jobs' at worker start, one job's at its claim. Returns how many."""
-    removed = 0
-    pattern = f"{job_id}/*/" if job_id else "*/*/"
-    for name in LEGACY_SECRET_FILES:
-        for path in jobs_dir.glob(pattern + name):
-            try:
-                path.unlink()
-                removed += 1
-            except OSError as exc:
-                log.warning("could not remove %s, which may hold reward headers: %s", path, exc)
-    return removed
-
-
-def _write_private(path: Path, text: str) -> Path:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
+            self.relay.add(Kind.EVENTS, {"level": level, "type": "message", "message": message, "data": data})

@@ -10,7 +10,7 @@ import logging
 
 from celery import signals
 
-from rlft.settings import get_settings
+from rlft_contracts.settings import get_settings
 from worker.celery_app import TASK_NAME, app
 from worker.relay import ServiceUnavailable
 from worker.supervisor import SHUTDOWN, Supervisor

@@ -18,7 +18,7 @@ from rlcore.rewards.callable import CallableReward, RewardFn, load_callable
 from rlcore.rewards.composite import CompositeScorer
 from rlcore.rewards.graders import GraderScorer, TokenCounter
 from rlcore.rewards.http import HTTPRewardClient
-from rlcore.rewards.urlpolicy import check_reward_url
+from rlcore.rewards.urlpolicy import RewardURLPolicy, check_reward_url
 from rlcore.spec import HTTPRewardEntry, JobSpec, RewardSpec
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "RewardBatchResult",
     "RewardItem",
     "RewardScorer",
+    "RewardURLPolicy",
     "check_reward_url",
     "component_metrics",
     "load_callable",
@@ -42,16 +43,14 @@ def make_reward_scorer(
     spec: RewardSpec,
     reward_fn: RewardFn | None = None,
     job_id: str | None = None,
-    allow_private: bool = True,
-    allowlist: list[str] | None = None,
+    url_policy: RewardURLPolicy | None = None,
 ) -> RewardScorer:
-    """``CallableReward`` when ``reward_fn`` is given (it wins over ``spec.url``), else the HTTP client."""
+    """``CallableReward`` when ``reward_fn`` is given (it wins over ``spec.url``), else the HTTP client
+    (``url_policy``, default public hosts only, decides which URLs it may call)."""
     if reward_fn is not None:
         return CallableReward(reward_fn, on_error=spec.on_error)
     if spec.url:
-        return HTTPRewardClient(
-            spec, job_id=job_id or local_run_id(), allow_private=allow_private, allowlist=allowlist
-        )
+        return HTTPRewardClient(spec, job_id=job_id or local_run_id(), url_policy=url_policy)
     raise ConfigError("no reward: set reward.url in the spec or pass --reward-fn module:function")
 
 
@@ -59,8 +58,7 @@ def make_job_scorer(
     spec: JobSpec,
     reward_fn: RewardFn | None = None,
     job_id: str | None = None,
-    allow_private: bool = True,
-    allowlist: list[str] | None = None,
+    url_policy: RewardURLPolicy | None = None,
     count_tokens: TokenCounter | None = None,
 ) -> RewardScorer:
     """The scorer of a job: ``reward_fn`` when given, else ``spec.reward``, else the weighted
@@ -71,13 +69,13 @@ def make_job_scorer(
     job_id = job_id or local_run_id()
     if spec.rewards is None or reward_fn is not None:
         reward = spec.reward or RewardSpec()
-        return make_reward_scorer(reward, reward_fn, job_id, allow_private, allowlist)
+        return make_reward_scorer(reward, reward_fn, job_id, url_policy)
     built: list[tuple[object, RewardScorer]] = []
     try:
         for entry in spec.rewards:
             if isinstance(entry, HTTPRewardEntry):
                 scorer: RewardScorer = HTTPRewardClient(
-                    entry, job_id=job_id, allow_private=allow_private, allowlist=allowlist, name=entry.name
+                    entry, job_id=job_id, url_policy=url_policy, name=entry.name
                 )
             else:
                 scorer = GraderScorer(entry, count_tokens)

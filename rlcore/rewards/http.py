@@ -40,7 +40,7 @@ from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid,
 from rlcore.rewards.base import RewardBatchResult, RewardItem, latency_metrics, local_run_id
 from rlcore.rewards.protocol import parse_response, request_body
 from rlcore.rewards.secrets import Scrubber
-from rlcore.rewards.urlpolicy import UnresolvableHost, check_reward_url
+from rlcore.rewards.urlpolicy import RewardURLPolicy, UnresolvableHost
 from rlcore.spec import RewardSpec
 
 T = TypeVar("T")
@@ -69,8 +69,8 @@ class _CallStats:
 class HTTPRewardClient:
     """A ``RewardScorer`` that POSTs the items of a step to ``spec.url`` in batches of ``spec.batch_size``.
 
-    ``allow_private`` / ``allowlist`` are the URL policy (``check_reward_url``), re-checked before each
-    step's requests, the verdict cached ``url_check_ttl_s``. The backoff settings exist so that tests run
+    ``url_policy`` (default: public hosts only) is re-checked before each step's requests, the verdict
+    cached ``url_check_ttl_s``. The backoff settings exist so that tests run
     fast; production uses the defaults (0.5 s base, 8 s cap, Retry-After honoured up to 30 s).
     """
 
@@ -78,9 +78,8 @@ class HTTPRewardClient:
         self,
         spec: RewardSpec,
         job_id: str | None = None,
-        allow_private: bool = True,
-        allowlist: list[str] | None = None,
         *,
+        url_policy: RewardURLPolicy | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 8.0,
         retry_after_cap_s: float = 30.0,
@@ -95,8 +94,7 @@ class HTTPRewardClient:
         self.job_id = job_id or local_run_id()
         # Idempotency keys name the entry too: two entries of one job may share an endpoint.
         self.key_prefix = f"{job_id}/{name}" if name else job_id
-        self.allow_private = allow_private
-        self.allowlist = allowlist
+        self.url_policy = url_policy or RewardURLPolicy()
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.retry_after_cap_s = retry_after_cap_s
@@ -296,7 +294,7 @@ class HTTPRewardClient:
                 return
             try:
                 # getaddrinfo blocks: keep it off the loop that carries the other batches.
-                await asyncio.to_thread(check_reward_url, self.url, self.allow_private, self.allowlist)
+                await asyncio.to_thread(self.url_policy.check, self.url)
             except UnresolvableHost as exc:
                 raise _Retryable(str(exc)) from exc
             self._url_ok_until = time.monotonic() + self.url_check_ttl_s

@@ -12,6 +12,11 @@ the embedded IPv4 address is judged, not the IPv6 form: IPv4-mapped ``::ffff:a.b
 itself never public, judged at every RFC 6052 position), 6to4 ``2002:AABB:CCDD::/48`` and Teredo
 ``2001::/32`` (the client address, stored inverted).
 
+``RewardURLPolicy`` is the policy as one value, passed whole from the settings
+(``RLFT_ALLOW_PRIVATE_REWARD_URLS``, ``RLFT_REWARD_URL_ALLOWLIST``) to the service's checks, the training
+process and the engine. Its default denies private addresses, like the settings; a run on one's own
+machine asks for ``RewardURLPolicy.local()``.
+
 The check resolves names itself, so a name that points at 10.0.0.5 is refused like the address. DNS can
 change after the check; the HTTP client re-checks before each step (with a short cache) to narrow that
 window, but it does not pin the connection to the checked address.
@@ -20,7 +25,10 @@ window, but it does not pin the connection to the checked address.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from rlcore.errors import RewardURLForbidden
@@ -35,6 +43,38 @@ METADATA_ADDRESSES = frozenset(
         "100.100.100.200",  # Alibaba Cloud
     )
 )
+
+
+@dataclass(frozen=True)
+class RewardURLPolicy:
+    """Which reward URLs a job may call. The default calls public hosts only, any of them."""
+
+    allow_private: bool = False  # loopback and private ranges too (never link-local or metadata)
+    allowlist: tuple[str, ...] | None = None  # hosts (``name`` or ``*.suffix``) allowed; None: any
+
+    @classmethod
+    def local(cls) -> RewardURLPolicy:
+        """A run on one's own machine (``rlft train --local``, tests, benchmarks): private hosts allowed."""
+        return cls(allow_private=True)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RewardURLPolicy:
+        """The operator's policy: ``RLFT_ALLOW_PRIVATE_REWARD_URLS`` and ``RLFT_REWARD_URL_ALLOWLIST``
+        (empty: no allowlist)."""
+        return cls(settings.allow_private_reward_urls, tuple(settings.reward_url_allowlist) or None)
+
+    def check(self, url: str) -> None:
+        """Raise ``RewardURLForbidden`` saying why, unless a job may call ``url``."""
+        check_reward_url(url, self.allow_private, None if self.allowlist is None else list(self.allowlist))
+
+    def to_json(self) -> str:
+        return json.dumps({"allow_private": self.allow_private, "allowlist": self.allowlist})
+
+    @classmethod
+    def from_json(cls, text: str) -> RewardURLPolicy:
+        data = json.loads(text)
+        allowlist = data.get("allowlist")
+        return cls(bool(data.get("allow_private", False)), None if allowlist is None else tuple(allowlist))
 
 
 class UnresolvableHost(RewardURLForbidden):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
+from rlcore.errors import ErrorCode
 from service.crud.jobs import apply, schedule_enqueue
 from service.crud.metrics import add_event
 from service.errors import Conflict, NotFound
@@ -125,7 +126,7 @@ def finish(session: Session, job: Job, body: FinishRequest) -> None:
 def _unknown_error() -> Any:
     from service.schemas import ErrorInfo
 
-    return ErrorInfo(code="internal_error", message="the worker reported a failure without an error")
+    return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="the worker reported a failure without an error")
 
 
 # --- the reaper and the reconciler ---
@@ -163,7 +164,7 @@ def _reap_one(session: Session, job: Job, max_attempts: int, enqueue: Callable[[
             session,
             job,
             Action.REAP_LAST,
-            error_code="worker_lost_repeatedly",
+            error_code=ErrorCode.WORKER_LOST_REPEATEDLY,
             error_message=f"its worker stopped heartbeating in each of {job.attempts} attempts",
         )
 

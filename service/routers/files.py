@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from typing import IO, Annotated
@@ -14,8 +13,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from rlcore.spec import MAX_JSON_DEPTH, check_text, validate_row
-from rlft.settings import Settings
+from rlcore.errors import ErrorCode
+from rlcore.jsonl import parse_row
+from rlcore.layout import file_location
+from rlcore.spec import check_text
+from rlft_contracts.settings import Settings
 from service import crud, storage
 from service.deps import CurrentTenant, SessionDep, SettingsDep
 from service.errors import Invalid, TooLarge
@@ -75,7 +77,7 @@ def _store(
 ) -> FilePublic:
     size, rows, digest = _validate_jsonl(upload.file, settings)
     file_id = new_id("file")
-    location = storage.join(settings.artifact_store, "files", tenant_id, f"{file_id}.jsonl")
+    location = file_location(settings.artifact_store, tenant_id, file_id)
     upload.file.seek(0)
     _copy_to_store(upload.file, location)
     record = File(
@@ -118,35 +120,15 @@ def _validate_jsonl(f: IO[bytes], settings: Settings) -> tuple[int, int, str]:
                 field="file",
                 code="too_many_rows",
             )
-        _check_line(raw, n)
+        try:
+            parse_row(raw, n)
+        except ValueError as e:
+            raise Invalid(str(e), field="file", code=ErrorCode.DATASET_INVALID) from e
     if rows == 0:
         raise Invalid(
-            "the file has no rows: give one JSON object a line", field="file", code="dataset_invalid"
+            "the file has no rows: give one JSON object a line", field="file", code=ErrorCode.DATASET_INVALID
         )
     return size, rows, digest.hexdigest()
-
-
-def _check_line(raw: bytes, n: int) -> None:
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise Invalid(f"line {n} is not UTF-8 text", field="file", code="dataset_invalid") from e
-    except json.JSONDecodeError as e:
-        raise Invalid(
-            f"line {n} is not valid JSON: {e.msg} (column {e.colno})", field="file", code="dataset_invalid"
-        ) from e
-    except RecursionError:
-        raise Invalid(
-            f"line {n} nests deeper than {MAX_JSON_DEPTH} levels: flatten it",
-            field="file",
-            code="dataset_invalid",
-        ) from None
-    except ValueError as e:  # an integer beyond Python's 4,300-digit conversion limit
-        raise Invalid(f"line {n} is not usable JSON: {e}", field="file", code="dataset_invalid") from e
-    try:
-        validate_row(row, where=f"line {n}")
-    except ValueError as e:
-        raise Invalid(str(e), field="file", code="dataset_invalid") from e
 
 
 def _copy_to_store(src: IO[bytes], url: str) -> None:

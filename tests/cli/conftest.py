@@ -44,7 +44,7 @@ class Api:
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 

@@ -9,7 +9,7 @@ import yaml
 
 from rlft.cli import main
 from rlft.demo import free_port
-from rlft.settings import get_settings
+from rlft_contracts.settings import get_settings
 from tests.cli.conftest import letter_spec
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ import pytest
 
 from rlft.cli import main
 from rlft.demo import free_port
-from rlft.settings import get_settings
+from rlft_contracts.settings import get_settings
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def test_paths_the_readme_names_exist():
 
 
 def test_configuration_table_lists_every_setting():
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
 
     for name in Settings.model_fields:
         assert f"`RLFT_{name.upper()}`" in README, name

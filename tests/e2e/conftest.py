@@ -171,7 +171,7 @@ class Stack:
 
     def enqueue_again(self, job_id: str, queue: str) -> None:
         """Send the job's message a second time, as a broker redelivery would."""
-        from rlft.settings import Settings
+        from rlft_contracts.settings import Settings
         from service.queue import JobQueue
 
         settings = Settings(data_dir=self.root / "api", broker_url=self.env["RLFT_BROKER_URL"], dev_mode=True)
@@ -337,7 +337,7 @@ def _start_reward_servers(s: Stack) -> None:
 
 
 def _start_api(s: Stack, db_url: str | None) -> None:
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 

@@ -12,10 +12,17 @@ from rlcore.errors import DatasetError
 def test_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"prompt": "a"}\n\n{"prompt": 3}\n')
-    with pytest.raises(DatasetError, match=r"d.jsonl:3.prompt must be a non-empty string"):
+    with pytest.raises(DatasetError, match=r"d.jsonl: line 3.prompt must be a non-empty string"):
         read_jsonl(p)
     p.write_text('{"prompt": "a"}\nnot json\n')
-    with pytest.raises(DatasetError, match=r"d.jsonl:2: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"d.jsonl: line 2 is not valid JSON"):
+        read_jsonl(p)
+    # The same reader as an upload's (rlcore/jsonl.py): bad UTF-8 and an empty file are named too.
+    p.write_bytes(b'{"prompt": "a"}\n\xff\xfe\n')
+    with pytest.raises(DatasetError, match=r"d.jsonl: line 2 is not UTF-8 text"):
+        read_jsonl(p)
+    p.write_text("\n\n")
+    with pytest.raises(DatasetError, match=r"d.jsonl: the file has no rows"):
         read_jsonl(p)
     with pytest.raises(DatasetError, match="does not exist"):
         read_jsonl(tmp_path / "missing.jsonl")

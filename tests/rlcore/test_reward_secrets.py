@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from rlcore.errors import ConfigError, RewardEndpointUnreachable, RewardInvalid, RewardRejected, RLFTError
-from rlcore.rewards import HTTPRewardClient, RewardItem
+from rlcore.rewards import HTTPRewardClient, RewardItem, RewardURLPolicy
 from rlcore.rewards.secrets import REDACTED, Scrubber, secret_forms
 from rlcore.spec import RewardSpec
 from tests.rlcore.reward_servers import RunningServer
@@ -28,7 +28,7 @@ def client_with(url: str, value: str, **spec) -> HTTPRewardClient:
     reward = RewardSpec.model_construct(
         url=url, headers={"Authorization": SecretStr(value)}, **{"max_retries": 1, **spec}
     )
-    return HTTPRewardClient(reward, job_id="job-1", **FAST)
+    return HTTPRewardClient(reward, job_id="job-1", url_policy=RewardURLPolicy.local(), **FAST)
 
 
 def one_item() -> list[RewardItem]:

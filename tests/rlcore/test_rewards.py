@@ -28,11 +28,12 @@ from rlcore.rewards import (
     make_job_scorer,
     make_reward_scorer,
 )
-from rlcore.rewards.urlpolicy import host_allowed
+from rlcore.rewards.urlpolicy import RewardURLPolicy, host_allowed
 from rlcore.spec import JobSpec, RewardSpec, load_spec
 from tests.rlcore.reward_servers import RunningServer, closed_port_url, misbehaving_server
 
 FAST = dict(backoff_base_s=0.01, backoff_cap_s=0.05)
+LOCAL = RewardURLPolicy.local()  # the test servers listen on 127.0.0.1
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def client_for():
     clients: list[HTTPRewardClient] = []
 
     def make(url: str, job_id: str = "job-1", **spec) -> HTTPRewardClient:
-        client = HTTPRewardClient(RewardSpec(url=url, **spec), job_id=job_id, **FAST)
+        client = HTTPRewardClient(RewardSpec(url=url, **spec), job_id=job_id, url_policy=LOCAL, **FAST)
         clients.append(client)
         return client
 
@@ -340,7 +341,7 @@ def test_allowlist():
 
 
 def test_client_applies_the_policy_before_sending(server):
-    with HTTPRewardClient(RewardSpec(url=server.url("/ok")), allow_private=False, **FAST) as client:
+    with HTTPRewardClient(RewardSpec(url=server.url("/ok")), url_policy=RewardURLPolicy(), **FAST) as client:
         with pytest.raises(RewardURLForbidden, match="loopback"):
             client.score(1, items(2))
     assert server.state.requests == []
@@ -348,9 +349,11 @@ def test_client_applies_the_policy_before_sending(server):
 
 def test_client_rechecks_the_policy_when_the_verdict_expires(server):
     spec = RewardSpec(url=server.url("/ok"))
-    with HTTPRewardClient(spec, allowlist=["127.0.0.1"], url_check_ttl_s=0, **FAST) as client:
+    policy = RewardURLPolicy(allow_private=True, allowlist=("127.0.0.1",))
+    with HTTPRewardClient(spec, url_policy=policy, url_check_ttl_s=0, **FAST) as client:
         client.score(1, items(1))
-        client.allowlist = ["rewards.example.com"]  # stands in for DNS that changed after submit
+        # Stands in for DNS that changed after submit.
+        client.url_policy = RewardURLPolicy(allow_private=True, allowlist=("rewards.example.com",))
         with pytest.raises(RewardURLForbidden, match="allowlist"):
             client.score(2, items(1))
     assert len(server.state.seen("/ok")) == 1
@@ -514,8 +517,8 @@ def test_example_letter_through_the_client():
     from examples.rewards.letter import app
     from tests.rlcore.reward_servers import serve_app
 
-    with serve_app(app) as url, HTTPRewardClient(RewardSpec(url=url + "/"), **FAST) as client:
-        result = client.score(1, items(2, completions=["aa", "ab"]))
+    with serve_app(app) as url, HTTPRewardClient(RewardSpec(url=url + "/"), url_policy=LOCAL, **FAST) as c:
+        result = c.score(1, items(2, completions=["aa", "ab"]))
     assert result.rewards == [1.0, 0.5]
 
 
@@ -550,7 +553,7 @@ def test_the_total_is_the_weighted_sum_of_graders_and_endpoints_with_every_compo
         ]
     )
     sent = items(3, completions=["aa", "ab", "bb"])
-    with make_job_scorer(spec, job_id="job-9") as scorer:
+    with make_job_scorer(spec, job_id="job-9", url_policy=LOCAL) as scorer:
         result = scorer.score(5, sent)
     # judge = len/10 (the server), with its own component "len" carried as judge/len.
     assert result.components == [
@@ -574,7 +577,7 @@ def test_http_entries_run_at_the_same_time_as_each_other():
             [{"type": "http", "name": f"slow{i}", "url": server.url("/slow?sleep_s=0.5")} for i in range(3)]
             + [{"type": "length", "name": "len", "target": 2}]
         )
-        with make_job_scorer(spec, job_id="job-9") as scorer:
+        with make_job_scorer(spec, job_id="job-9", url_policy=LOCAL) as scorer:
             result = scorer.score(1, items(2))
         assert server.state.max_in_flight == 3  # all three endpoints were waited on together
     # "a" and "aa" are one approximate token each: half the target, -0.5.
@@ -588,7 +591,7 @@ def test_an_entry_that_skips_an_item_drops_it_from_the_total(server):
             {"type": "string_check", "name": "has_a", "operation": "like"},
         ]
     )
-    with make_job_scorer(spec) as scorer:
+    with make_job_scorer(spec, url_policy=LOCAL) as scorer:
         result = scorer.score(1, items(1, completions=["a"]))
     assert result.rewards == [None]
     assert result.components == [{"has_a": 1.0}]
@@ -599,7 +602,7 @@ def test_an_entry_under_fail_fails_the_step_naming_it(server):
     spec = job_spec(
         [{"type": "number", "name": "num"}, {"type": "http", "name": "judge", "url": server.url("/ok")}]
     )
-    with make_job_scorer(spec) as scorer, pytest.raises(RewardInvalid, match="grader num"):
+    with make_job_scorer(spec, url_policy=LOCAL) as scorer, pytest.raises(RewardInvalid, match="grader num"):
         scorer.score(1, items(1))
 
 
@@ -618,7 +621,7 @@ def test_two_entries_on_one_endpoint_send_different_keys(server):
     spec = job_spec(
         [{"type": "http", "name": n, "url": server.url("/idempotent")} for n in ("judge_a", "judge_b")]
     )
-    with make_job_scorer(spec, job_id="job-3") as scorer:
+    with make_job_scorer(spec, job_id="job-3", url_policy=LOCAL) as scorer:
         scorer.score(1, items(1))
     keys = sorted(r["headers"]["idempotency-key"] for r in server.state.seen("/idempotent"))
     assert [k.split(":")[0] for k in keys] == ["job-3/judge_a", "job-3/judge_b"]
@@ -628,9 +631,9 @@ def test_every_local_run_has_its_own_job_id(server):
     spec = RewardSpec(url=server.url("/ok"))
     ids = set()
     for _ in range(2):
-        with make_reward_scorer(spec) as scorer:
+        with make_reward_scorer(spec, url_policy=LOCAL) as scorer:
             scorer.score(1, items(1))
-    with HTTPRewardClient(spec, **FAST) as library_use:  # no job id given
+    with HTTPRewardClient(spec, url_policy=LOCAL, **FAST) as library_use:  # no job id given
         library_use.score(1, items(1))
     for request in server.state.seen("/ok"):
         ids.add(request["body"]["job_id"])
@@ -649,7 +652,7 @@ def test_component_metrics_are_mean_and_std_over_the_items_that_have_them():
 
 def test_openrlhf_extra_logs_are_components_of_the_entry(server):
     spec = job_spec([{"type": "http", "name": "rm", "url": server.url("/openrlhf"), "protocol": "openrlhf"}])
-    with make_job_scorer(spec) as scorer:
+    with make_job_scorer(spec, url_policy=LOCAL) as scorer:
         result = scorer.score(1, items(2))
     assert all("rm" in c and any(k.startswith("rm/") for k in c) for c in result.components)
 
@@ -664,3 +667,39 @@ def test_example_specs_with_graders_validate_and_score():
     mixed = load_spec(str(root / "grpo_http_and_regex.yaml"))
     assert [(e.name, e.type) for e in mixed.rewards] == [("judge", "http"), ("format", "regex")]
     assert mixed.rewards[0].url.startswith("http://127.0.0.1:8001")
+
+
+# -- the policy object --------------------------------------------------------------------------------------
+
+
+def test_the_policy_denies_private_hosts_unless_asked_like_the_settings():
+    from rlft_contracts.settings import Settings
+
+    default = RewardURLPolicy()
+    assert default == RewardURLPolicy.from_settings(Settings())  # the engine's default is the operator's
+    with pytest.raises(RewardURLForbidden, match="loopback"):
+        default.check("http://127.0.0.1:9/reward")
+    RewardURLPolicy.local().check("http://127.0.0.1:9/reward")
+    default.check("https://8.8.8.8/reward")
+
+
+def test_the_policy_comes_whole_from_the_settings_and_survives_the_trip_to_the_training_process():
+    from rlft_contracts.settings import Settings
+
+    settings = Settings(allow_private_reward_urls=True, reward_url_allowlist="localhost, *.example.com")
+    policy = RewardURLPolicy.from_settings(settings)
+    assert policy == RewardURLPolicy(allow_private=True, allowlist=("localhost", "*.example.com"))
+    assert RewardURLPolicy.from_json(policy.to_json()) == policy
+    assert RewardURLPolicy.from_json(RewardURLPolicy().to_json()) == RewardURLPolicy()
+    policy.check("http://localhost:9/")
+    with pytest.raises(RewardURLForbidden, match="allowlist"):
+        policy.check("http://127.0.0.1:9/")
+    # An empty allowlist setting is no allowlist: any public host.
+    assert RewardURLPolicy.from_settings(Settings(reward_url_allowlist="")).allowlist is None
+
+
+def test_an_engine_client_without_a_policy_refuses_a_private_endpoint(server):
+    with HTTPRewardClient(RewardSpec(url=server.url("/ok")), **FAST) as client:
+        with pytest.raises(RewardURLForbidden, match="loopback"):
+            client.score(1, items(1))
+    assert server.state.requests == []

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from tests.security.conftest import WORKER, claim, create_job, job_body, wpost
 from tests.service.servers import ServerThread

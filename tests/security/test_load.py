@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from rlft.client import Client
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import crud
 from service.app import create_app
 from service.db import session_scope

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.security.conftest import WORKER, claim, create_job, job_body, wpost

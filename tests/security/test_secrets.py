@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from rlcore.rewards.secrets import REDACTED
 from rlcore.spec import JobSpec
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.crypto import HeaderCipher
 from service.db import migrate

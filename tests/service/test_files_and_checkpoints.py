@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from tests.service.conftest import claim, create_job, make_settings, wpost
 

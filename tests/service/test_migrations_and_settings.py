@@ -10,7 +10,7 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from rlft.settings import Settings, SettingsError
+from rlft_contracts.settings import Settings, SettingsError
 from service.db import alembic_config
 from tests.service.conftest import WORKER
 

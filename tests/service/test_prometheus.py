@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from tests.service.conftest import WORKER
 from tests.service.test_push import Reader, _wait_until, api_process
 from tests.service.test_sse import start_job
@@ -69,7 +69,7 @@ def test_rlft_serve_with_workers_starts_from_an_empty_multiprocess_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rlft import cli
-    from rlft.settings import get_settings
+    from rlft_contracts.settings import get_settings
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # restored (unset) after the test
     monkeypatch.setenv("RLFT_DATA_DIR", str(tmp_path))

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from rlft.localproc import free_port, uvicorn_command
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.service.conftest import WORKER, make_settings

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import retention
 from service.app import create_app
 from service.db import make_engine

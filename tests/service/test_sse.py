@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.service.conftest import WORKER, job_body

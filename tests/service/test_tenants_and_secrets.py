@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from tests.service.conftest import WORKER, claim, create_job, job_body, wpost
 
 REDIS_URL = os.environ.get("RLFT_TEST_REDIS_URL")

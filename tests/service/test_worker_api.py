@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from rlft.settings import Settings
+from rlft_contracts.settings import Settings
 from service import reaper
 from service.db import make_engine, make_session_factory
 from service.models import Job, utcnow

@@ -33,7 +33,7 @@ WAIT_S = 20
 
 @pytest.fixture(scope="session")
 def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from rlft.settings import Settings
+    from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key
 

@@ -10,6 +10,7 @@ import fsspec
 import pytest
 
 from rlcore.checkpoint import manifest_digest, save_checkpoint
+from rlcore.layout import checkpoint_location, rewards_location
 from worker import artifacts
 
 
@@ -28,7 +29,7 @@ def _checkpoint(tmp_path: Path, step: int = 3) -> Path:
 def test_upload_then_download_round_trips(tmp_path, kind):
     src = _checkpoint(tmp_path)
     store = str(tmp_path / "store") if kind == "local" else f"memory://store-{uuid.uuid4().hex}"
-    location = artifacts.checkpoint_location(store, "job-1", 3)
+    location = checkpoint_location(store, "job-1", 3)
     reg = artifacts.upload_checkpoint(src, location)
 
     manifest = json.loads((src / "manifest.json").read_text())
@@ -48,7 +49,7 @@ def test_upload_then_download_round_trips(tmp_path, kind):
 
 def test_download_refuses_a_corrupt_checkpoint(tmp_path):
     src = _checkpoint(tmp_path)
-    location = artifacts.checkpoint_location(str(tmp_path / "store"), "job-1", 3)
+    location = checkpoint_location(str(tmp_path / "store"), "job-1", 3)
     artifacts.upload_checkpoint(src, location)
     # Replace (not edit in place: the local store hard-links) one file with other bytes.
     target = Path(location) / "model" / "config.json"
@@ -79,7 +80,7 @@ def test_manifest_is_uploaded_last(tmp_path):
 
     fs.put_file = recording_put
     try:
-        artifacts.upload_checkpoint(src, artifacts.checkpoint_location(store, "j", 3))
+        artifacts.upload_checkpoint(src, checkpoint_location(store, "j", 3))
     finally:
         del fs.put_file
     assert order[-1] == "manifest.json" and len(order) == 4
@@ -89,7 +90,7 @@ def test_mirror_and_fetch_copy_only_what_is_new(tmp_path):
     rewards = tmp_path / "rewards"
     rewards.mkdir()
     (rewards / "step-1.json").write_text("[1]")
-    location = artifacts.rewards_location(str(tmp_path / "store"), "job-1")
+    location = rewards_location(str(tmp_path / "store"), "job-1")
     sent: dict = {}
     artifacts.mirror_files(rewards, location, sent)
     (rewards / "step-2.json").write_text("[2]")

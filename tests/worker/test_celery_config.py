@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlft.settings import Settings
-from worker.celery_app import TASK_NAME, celery_config, create_celery, validate_config
+from rlft_contracts.broker import TASK_NAME
+from rlft_contracts.settings import Settings
+from service.queue import make_producer
+from worker.celery_app import celery_config, create_celery, validate_config
 
 
 def _settings(tmp_path, **env) -> Settings:
@@ -41,6 +43,30 @@ def test_embedded_broker_needs_no_server_and_takes_no_visibility_option(tmp_path
     assert conf["broker_url"].startswith("sqla+sqlite:///")
     assert conf["broker_transport_options"] == {}
     assert validate_config(create_celery(settings).conf, settings) == []
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "takes_timeout"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ("rediss://cache.example:6380/0", True),
+        ("sqs://", True),
+        ("sqla+sqlite:///{tmp}/broker.sqlite", False),  # create_engine would reject the option
+        ("amqp://guest@127.0.0.1//", False),  # redelivers on a lost connection, not on a timer
+        ("memory://", False),
+    ],
+)
+def test_producer_and_workers_tell_the_broker_the_same_transport_options(tmp_path, broker_url, takes_timeout):
+    settings = _settings(
+        tmp_path, broker_url=broker_url.format(tmp=tmp_path), broker_visibility_timeout_s=90000
+    )
+    producer = make_producer(settings)
+    try:
+        sent = dict(producer.conf.broker_transport_options)
+    finally:
+        producer.close()
+    assert sent == create_celery(settings).conf.broker_transport_options
+    assert sent == ({"visibility_timeout": 90000} if takes_timeout else {})
 
 
 @pytest.mark.parametrize(

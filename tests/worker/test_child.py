@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 from rlcore.errors import RewardEndpointUnreachable
-from worker.child import Outbox, OutboxCallback, classify
+from worker.child import OutboxCallback
+from worker.outbox import OutboxWriter
+from worker.outcome import classify
 
 
 def _lines(path) -> list[dict]:
@@ -59,7 +61,7 @@ def test_errors_map_to_job_codes():
 
 def test_metrics_and_samples_are_json_safe(tmp_path):
     # NUL in sample text travels as is: the service stores it as U+FFFD (tests/service, both databases).
-    outbox = Outbox(tmp_path / "outbox.jsonl")
+    outbox = OutboxWriter(tmp_path / "outbox.jsonl")
     cb = OutboxCallback(outbox, job_id="j", store=str(tmp_path / "store"), output_dir=tmp_path / "out")
     cb.on_step_end(3, {"reward/mean": 0.5, "kl/mean": float("nan"), "x": float("inf")})
     cb.on_samples(

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rlft.settings import Settings
+from rlcore.layout import checkpoint_location
+from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.rlcore.reward_servers import ServerState, make_app, serve_app
@@ -89,7 +90,7 @@ def test_a_job_continues_from_its_tenants_checkpoint_through_the_worker(
         fence = http.post(f"/internal/v1/jobs/{a}/claim", json={"worker_id": "w0"}, headers=worker).json()
         # A fine-tuned model: seed 1, so that its weights differ from every other tiny model here.
         local, _ = save_checkpoint(tmp_path / "a", 1, lambda d: make_tiny_model(d / "model", "tiny", seed=1))
-        registration = artifacts.upload_checkpoint(local, artifacts.checkpoint_location(store, a, 1))
+        registration = artifacts.upload_checkpoint(local, checkpoint_location(store, a, 1))
         body = {"fence": fence["fence"], "step": 1, "metrics": {}, **registration}
         ckpt = http.post(f"/internal/v1/jobs/{a}/checkpoints", json=body, headers=worker).json()["id"]
         http.post(
@@ -111,7 +112,7 @@ def test_a_job_continues_from_its_tenants_checkpoint_through_the_worker(
     assert (fetched / "model" / "config.json").is_file()
     assert not (fetched / "optimizer.pt").exists()  # only the model directory travels
     start = _weights(local / "model")
-    trained = _weights(Path(artifacts.checkpoint_location(store, b, 1)) / "model")
+    trained = _weights(Path(checkpoint_location(store, b, 1)) / "model")
     other = _weights(make_tiny_model(tmp_path / "seed0", "tiny", seed=0))
     name = next(n for n in start if start[n].dtype.is_floating_point and start[n].numel() > 100)
     assert (trained[name] - start[name]).abs().max() < 1e-6  # lr 1e-12: one step moves nothing visible

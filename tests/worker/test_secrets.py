@@ -18,10 +18,13 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from rlcore.rewards.secrets import REDACTED, REWARD_HEADERS_ENV, Scrubber
-from rlft.settings import Settings
+from rlcore.rewards.urlpolicy import RewardURLPolicy
+from rlft_contracts.settings import Settings
 from tests.rlcore.reward_servers import misbehaving_server, serve_app
-from worker.child import Outbox, classify
-from worker.supervisor import SPEC_FILE, Supervisor, _crash_error, remove_leftover_secrets
+from worker.launch import SPEC_FILE, remove_leftover_secrets
+from worker.outbox import Kind, OutboxWriter
+from worker.outcome import classify, crash_error
+from worker.supervisor import Supervisor
 
 
 def new_token() -> str:
@@ -66,7 +69,8 @@ def test_the_child_takes_headers_from_its_environment_and_scrubs_its_outbox_and_
                     *(sys.executable, "-m", "worker.child", "--job-id", "j"),
                     *("--spec-file", str(tmp_path / "spec.json"), "--output-dir", str(tmp_path / "out")),
                     *("--outbox", str(tmp_path / "outbox.jsonl"), "--store", str(tmp_path / "store")),
-                    *("--parent-pid", str(os.getpid()), "--allow-private"),
+                    *("--parent-pid", str(os.getpid())),
+                    *("--url-policy", RewardURLPolicy.local().to_json()),
                 ],
                 env={**os.environ, REWARD_HEADERS_ENV: json.dumps({"Authorization": value})},
                 stdout=log,
@@ -136,7 +140,7 @@ def test_a_crash_message_quoting_child_log_is_scrubbed_even_where_the_cut_splits
     log = tmp_path / "child.log"
     # The crash message quotes the last 1500 bytes: a plain read would start inside the first token.
     log.write_text("a" * 500 + token + "b" * (1500 - 20) + f"\nhttp error: {token!r}\nSegmentation fault\n")
-    message = _crash_error(-signal.SIGSEGV, log, scrub)["message"]
+    message = crash_error(-signal.SIGSEGV, log, scrub)["message"]
     assert "Segmentation fault" in message and f"http error: '{REDACTED}'" in message
     assert token[-12:] not in message and token[8:20] not in message
 
@@ -144,9 +148,9 @@ def test_a_crash_message_quoting_child_log_is_scrubbed_even_where_the_cut_splits
 def test_the_outbox_and_error_messages_are_scrubbed_before_they_are_cut(tmp_path):
     token = new_token()
     scrub = Scrubber([f"Bearer {token}"])
-    outbox = Outbox(tmp_path / "outbox.jsonl", scrub)
+    outbox = OutboxWriter(tmp_path / "outbox.jsonl", scrub)
     headers = {"auth": f"Bearer {token}"}
-    outbox.write("event", level="error", message=f"sent {token}", data={"headers": headers})
+    outbox.write(Kind.EVENTS, level="error", message=f"sent {token}", data={"headers": headers})
     outbox.write("samples", step=1, samples=[{"error": f"echo: Bearer {token}", "reward": None}])
     # A message longer than the 2000 characters kept: "RuntimeError: " and 1980 more, the token across
     # the cut (cut first, "sk-liv" would be left).
@@ -156,7 +160,7 @@ def test_the_outbox_and_error_messages_are_scrubbed_before_they_are_cut(tmp_path
     outbox.close()
     text = (tmp_path / "outbox.jsonl").read_text()
     assert token[:6] not in text and text.count(REDACTED) == 3
-    assert [json.loads(line)["type"] for line in text.splitlines()] == ["event", "samples", "result"]
+    assert [json.loads(line)["type"] for line in text.splitlines()] == ["events", "samples", "result"]
 
 
 def test_worker_start_removes_the_spec_files_older_workers_left(tmp_path):

@@ -6,8 +6,12 @@ from __future__ import annotations
 import signal
 import time
 
-from rlft.settings import Settings
-from worker.supervisor import SPEC_FILE, ChildOutcome, OutboxReader, Supervisor, _crash_error
+from rlcore.layout import checkpoint_location
+from rlft_contracts.settings import Settings
+from worker.launch import SPEC_FILE
+from worker.outbox import OutboxReader
+from worker.outcome import ChildOutcome, crash_error
+from worker.supervisor import Supervisor
 
 
 def _settings(tmp_path, server) -> Settings:
@@ -74,8 +78,8 @@ def test_outbox_reader_returns_whole_lines_only(tmp_path):
     path.write_text('{"type": "metrics", "step": 1}\n{"type": "ev')
     assert reader.read() == [{"type": "metrics", "step": 1}]
     with path.open("a") as f:
-        f.write('ent"}\n')
-    assert reader.read() == [{"type": "event"}]
+        f.write('ents"}\n')
+    assert reader.read() == [{"type": "events"}]
     assert reader.read() == []
 
 
@@ -102,12 +106,12 @@ def test_child_endings_map_to_statuses(tmp_path, recording_server):
 def test_a_child_that_dies_without_a_result_names_how(tmp_path):
     log = tmp_path / "child.log"
     log.write_text("Traceback ...\nSegmentation fault\n")
-    killed = _crash_error(-signal.SIGKILL, log)
+    killed = crash_error(-signal.SIGKILL, log)
     assert killed["code"] == "out_of_memory" and "SIGKILL" in killed["message"]
-    crashed = _crash_error(-signal.SIGSEGV, log)
+    crashed = crash_error(-signal.SIGSEGV, log)
     assert crashed["code"] == "training_process_crashed"
     assert "signal 11" in crashed["message"] and "Segmentation fault" in crashed["message"]
-    assert "exit code 2" in _crash_error(2, tmp_path / "missing.log")["message"]
+    assert "exit code 2" in crash_error(2, tmp_path / "missing.log")["message"]
 
 
 def _save(output_dir, step: int):
@@ -125,7 +129,7 @@ def test_resume_uses_the_registered_checkpoint_never_a_newer_local_one(tmp_path,
 
     settings = _settings(tmp_path, recording_server)
     elsewhere = _save(tmp_path / "other-machine", 4)
-    location = artifacts.checkpoint_location(settings.artifact_store, "job-1", 4)
+    location = checkpoint_location(settings.artifact_store, "job-1", 4)
     artifacts.upload_checkpoint(elsewhere, location)
     sup = Supervisor("job-1", settings)
     _save(sup.output_dir, 2)
