@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from rlcore import checkpoint as ckpt
 from rlcore.callbacks import Callback
 from rlcore.errors import DatasetError, Interrupted
+from rlcore.rewards import RewardURLPolicy
 from rlcore.spec import JobSpec
 from rlcore.trainer import train
 from tests.rlcore.helpers import PROMPTS
@@ -243,7 +244,7 @@ def test_eval_is_scored_by_the_jobs_http_endpoint_and_replayed_from_its_log(
         }
     )
     rec = Recorder()
-    train(spec, tmp_path, callbacks=[rec])
+    train(spec, tmp_path, callbacks=[rec], url_policy=RewardURLPolicy.local())
     ids = [i["id"] for r in server.state.seen("/ok") for i in r["body"]["items"]]
     assert [i for i in ids if i.startswith("eval-")] == [f"eval-{s}-{g}-0" for s in (0, 1) for g in range(3)]
     baseline = rec.metrics[0][1]
@@ -259,6 +260,6 @@ def test_eval_is_scored_by_the_jobs_http_endpoint_and_replayed_from_its_log(
     # A run that does the same steps again (here: from scratch, same seed) asks the endpoint nothing.
     asked = len(server.state.seen("/ok"))
     again = Recorder()
-    train(spec, tmp_path, resume=False, callbacks=[again])
+    train(spec, tmp_path, resume=False, callbacks=[again], url_policy=RewardURLPolicy.local())
     assert len(server.state.seen("/ok")) == asked
     assert again.metrics[0][1]["eval/reward/mean"] == baseline["eval/reward/mean"]
