@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
+from rlft.localproc import free_port
+from rlft.localstack import LETTER_APP, LocalStack, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_REDIS_DB = 13  # the e2e tests use 14

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlft.demo import free_port
+from rlft.localproc import free_port
 from tests.cli.conftest import processes_with_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -153,7 +153,7 @@ def test_rlft_submit_sends_the_example_specs_local_model_as_an_absolute_path(
     the relative `.models/tiny` that `rlft train --local` reads too."""
     import yaml
 
-    from rlft.cli import _absolute_model_paths
+    from rlft.cli.jobs import _absolute_model_paths
 
     client, alice, _, root = rooted
     (root / "tiny").mkdir()

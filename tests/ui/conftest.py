@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
+from rlft.localproc import free_port
+from rlft.localstack import LETTER_APP, LocalStack, stack_env
 from tests.cli.conftest import Api, StandInWorker, letter_spec
 from tests.service.conftest import (  # noqa: F401 - fixtures are found by name
     alice,
