@@ -512,7 +512,7 @@ def test_example_openrlhf_letter_at_both_paths():
 def test_example_letter_through_the_client():
     """The demo's path end to end: the real client against the real example app on uvicorn."""
     from examples.rewards.letter import app
-    from tests.rlcore.reward_servers import serve_app
+    from tests.support.servers import serve_app
 
     with serve_app(app) as url, HTTPRewardClient(RewardSpec(url=url + "/"), **FAST) as client:
         result = client.score(1, items(2, completions=["aa", "ab"]))

@@ -15,5 +15,6 @@ from tests.service.conftest import (  # noqa: F401 - fixtures are found by name
     job_body,
     pg_schema_url,
     settings,
+    strict_client,
     wpost,
 )

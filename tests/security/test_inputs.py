@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from rlft.settings import Settings
 from service.app import create_app
 from tests.security.conftest import WORKER, claim, create_job, job_body, wpost
-from tests.service.servers import ServerThread
+from tests.support.servers import ServerThread
 
 SECRET = "s3cret-canary-7f1e"
 GOOD_ID = f"job_{'0' * 24}"

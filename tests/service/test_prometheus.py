@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rlft.settings import Settings
 from tests.service.conftest import WORKER
-from tests.service.test_push import Reader, _wait_until, api_process
+from tests.service.test_push import Reader, _wait_until
 from tests.service.test_sse import start_job
+from tests.support.stacks import api_process
 
 
 def _scrape(base: str) -> dict[tuple[str, tuple], float]:
