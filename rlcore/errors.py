@@ -1,4 +1,4 @@
-"""Errors that end a job, each with a machine-readable code (architecture.md, "Job states")."""
+"""Errors that end a job, each with a machine-readable code (the README's "The REST API" lists them)."""
 
 from __future__ import annotations
 

@@ -255,7 +255,7 @@ class Sample(Base):
     label: Mapped[Any] = mapped_column(SafeJSON, nullable=True)
     error: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The reward's named parts: {grader or endpoint name: value} (issue 11).
+    # The reward's named parts: {grader or endpoint name: value}.
     components: Mapped[dict[str, float] | None] = mapped_column(SafeJSON, nullable=True)
 
 

@@ -1,4 +1,4 @@
-"""A small typed Python client for the rlft REST API (architecture.md, "REST surface").
+"""A small typed Python client for the rlft REST API (README, "The REST API").
 
     from rlft.client import Client
     client = Client("http://127.0.0.1:8000", "rlft_...")

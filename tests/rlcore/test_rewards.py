@@ -528,7 +528,7 @@ def test_example_specs_validate(name):
     assert spec.model.name_or_path == ".models/tiny"
 
 
-# -- several rewards with weights (issue 11) -----------------------------------------------------------------
+# -- several rewards with weights -------------------------------------------------------------------------
 
 
 def job_spec(rewards: list[dict]) -> JobSpec:

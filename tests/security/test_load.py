@@ -1,4 +1,4 @@
-"""Issue 9, under real traffic: bursts answer 201/429/503 (never a 500, never a lost or duplicate job),
+"""Under real traffic: bursts answer 201/429/503 (never a 500, never a lost or duplicate job),
 slow dry runs and full public budgets leave other tenants and the worker API working, overload is a fast
 503, per-tenant limits are 429s, SSE never misses the terminal status, /metrics takes the worker secret.
 

@@ -1,4 +1,4 @@
-"""Prometheus across API processes (issue 16): two uvicorn processes sharing PROMETHEUS_MULTIPROC_DIR, as
+"""Prometheus across API processes: two uvicorn processes sharing PROMETHEUS_MULTIPROC_DIR, as
 ``rlft serve --workers 2`` runs them; a scrape of either answers the sums over both."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pushed event streams (issue 16): a commit on one API process reaches a subscriber on another, idle
+"""Pushed event streams: a commit on one API process reaches a subscriber on another, idle
 subscribers cost no queries, and neither a dropped client connection nor a dropped LISTEN connection loses
 an event. Real uvicorn servers, real Postgres (the tests that need LISTEN/NOTIFY skip without it)."""
 

@@ -1,4 +1,4 @@
-"""The worker's side of issue 9: a job continues from its tenant's checkpoint through the real claim,
+"""The worker's side of the model rules: a job continues from its tenant's checkpoint through the real claim,
 download and training process; a hub id never loads a local directory of that name; a worker never starts
 more ranks than devices it holds, and re-checks model paths against its own roots."""
 
