@@ -9,7 +9,7 @@ throw-away SQLite database (or ``--database-url``), creates an API key through `
 With a Postgres ``--database-url`` it works in a fresh schema and drops it afterwards.
 Prints one JSON object; ``benchmarks/run.py`` calls ``measure()``.
 
-``--burst`` is the load test of issue 9 instead: ``--clients`` concurrent clients (default 1,000) for
+``--burst`` is the admission load test instead: ``--clients`` concurrent clients (default 1,000) for
 ``--duration`` seconds (default 60) mixing job creates, gets, lists and reward dry runs against a slow local
 reward server (it sleeps ``--reward-sleep`` seconds), spread over ``--tenants`` tenants, while one running
 job's worker heartbeats every 2 s on a 15 s lease with the reaper running. Clients honour ``Retry-After``.
@@ -17,7 +17,7 @@ It reports answers by status code, 500s and requests over 10 s (both must be 0),
 stored against 201s received (equal: every created job answered exactly once), and whether the running job
 kept its lease. Everything stays on 127.0.0.1 and ends when the duration is up.
 
-``--load`` is the fleet test of issue 16 (Postgres, ``rlft serve --workers 2``, clients in separate
+``--load`` is the fleet test (Postgres, ``rlft serve --workers 2``, clients in separate
 processes): see benchmarks/load_bench.py.
 """
 
@@ -505,15 +505,13 @@ def main() -> int:
     p.add_argument(
         "--database-url", default=None, help="default: a temporary SQLite file; postgres: a temp schema"
     )
-    p.add_argument("--burst", action="store_true", help="the load test of issue 9 instead (module docstring)")
+    p.add_argument("--burst", action="store_true", help="the admission load test instead (module docstring)")
     p.add_argument("--clients", type=int, default=1000, help="--burst: concurrent clients")
     p.add_argument("--duration", type=float, default=60.0, help="--burst, --load: seconds of traffic")
     p.add_argument("--tenants", type=int, default=20, help="--burst: tenants the clients are spread over")
     p.add_argument("--reward-sleep", type=float, default=5.0, help="--burst: seconds the reward server takes")
     p.add_argument("--broker-url", default=None, help="--burst: default the embedded (SQLite) broker")
-    p.add_argument(
-        "--load", action="store_true", help="the fleet test of issue 16 (benchmarks/load_bench.py)"
-    )
+    p.add_argument("--load", action="store_true", help="the fleet test (benchmarks/load_bench.py)")
     p.add_argument(
         "--workers", type=int, default=20, help="--load: simulated training workers (one job each)"
     )

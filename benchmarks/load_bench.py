@@ -1,4 +1,4 @@
-"""``api_bench.py --load``: the API at fleet scale (issue 16), on Postgres behind ``rlft serve --workers 2``.
+"""``api_bench.py --load``: the API at fleet scale, on Postgres behind ``rlft serve --workers 2``.
 
 Clients are separate processes (multiprocessing, spawn), all on 127.0.0.1:
 1. job creates, one after the other: p50 and p95;

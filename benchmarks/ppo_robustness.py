@@ -1,5 +1,5 @@
 """PPO without hand-tuning: steps to mean reward 0.9 on the letter task over a grid, PPO at its defaults
-against GRPO at its defaults with the same number of completions per step (issue 12).
+against GRPO at its defaults with the same number of completions per step.
 
     python benchmarks/ppo_robustness.py                  # run (or resume) the grid, 2 runs at a time
     python benchmarks/ppo_robustness.py --table          # the table for BENCHMARKS.md from the results

@@ -1,4 +1,4 @@
-"""Errors that end a job, each with a machine-readable code (architecture.md, "Job states").
+"""Errors that end a job, each with a machine-readable code (the README's "The REST API" lists them).
 
 ``ErrorCode`` is the one list of the codes a failed job can carry, whichever process decides it: the engine
 (the exceptions below), the worker (devices, the artifact store, a crash) and the service (the claim, the

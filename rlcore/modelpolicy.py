@@ -1,4 +1,4 @@
-"""Which models a job that came through the service may name (architecture.md, "Models a tenant may name").
+"""Which models a job that came through the service may name (docs/contracts.md, "worker ⇄ service").
 
 A tenant may name a hub id, one of its own checkpoints (``model.checkpoint``, resolved by the service), or a
 directory under a root the operator exposed (``RLFT_MODEL_ROOTS``). Anything else would let one tenant make

@@ -2,7 +2,7 @@
 
 Every sync route runs in AnyIO's thread pool and may hold one pooled database connection. Without a bound,
 a burst queues hundreds of requests on the threads and the pool, each waits out the pool's timeout, and all
-of them fail late (issue 9: 30 s, then 500s; a worker's heartbeat stuck behind them lost its lease). So:
+of them fail late (a 500 after the pool's 30 s; a worker's heartbeat stuck behind them loses its lease). So:
 
 - :class:`AdmissionMiddleware` lets at most ``RLFT_MAX_REQUESTS_IN_FLIGHT`` public requests in at once; as
   many more wait up to ``RLFT_ADMISSION_WAIT_S`` for a slot, the rest answer 503 + ``Retry-After`` at once.

@@ -256,7 +256,7 @@ class Sample(Base):
     label: Mapped[Any] = mapped_column(SafeJSON, nullable=True)
     error: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The reward's named parts: {grader or endpoint name: value} (issue 11).
+    # The reward's named parts: {grader or endpoint name: value}.
     components: Mapped[dict[str, float] | None] = mapped_column(SafeJSON, nullable=True)
     # "train" or "eval" (issue 15: held-out evaluation samples).
     split: Mapped[str] = mapped_column(String(10), server_default="train", default="train")

@@ -1,6 +1,6 @@
 """Supervision of one job attempt: claim, spawn the training process, heartbeat, relay, finish.
 
-The service's lease decides who runs a job (architecture.md, "Delivery and recovery"): a claim answered 409
+The service's lease decides who runs a job (docs/contracts.md, "worker ⇄ service"): a claim answered 409
 means another worker holds a live lease, and this delivery exits without touching anything. While the
 child trains, the supervisor heartbeats (which extends the lease and brings back cancel / pause), tails the
 child's outbox and relays it in order, and watches its own lease: when the service refuses a heartbeat as

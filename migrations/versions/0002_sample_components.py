@@ -1,4 +1,4 @@
-"""Samples carry their reward components (issue 11: {name: value} of each grader and endpoint part).
+"""Samples carry their reward components ({name: value} of each grader and endpoint part).
 
 Revision ID: 0002
 Revises: 0001

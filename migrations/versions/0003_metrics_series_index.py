@@ -1,4 +1,4 @@
-"""An index for chart reads of metrics: (job_id, name, step), carrying the value on Postgres (issue 16).
+"""An index for chart reads of metrics: (job_id, name, step), carrying the value on Postgres.
 
 Revision ID: 0003
 Revises: 0002

@@ -1,4 +1,4 @@
-"""The wire formats (architecture.md, "Reward endpoint protocol"): request bodies and response validation.
+"""The wire formats (README, "The reward protocol"): request bodies and response validation.
 
 ``rlft.reward.v1``::
 

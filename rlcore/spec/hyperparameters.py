@@ -109,7 +109,7 @@ class Hyperparameters(_Frozen):
         description="Tokens per chunk in the memory-light log-softmax over the vocabulary.",
     )
     samples_per_step: int = Field(16, ge=0, le=4096, description="Per-sample records reported each step.")
-    # PPO robustness (issue 12)
+    # PPO at its defaults without hand-tuning: reward normalisation, critic warm-up, entropy bonus, ...
     reward_norm: Literal["none", "batch", "running"] | None = Field(
         None,
         description=(

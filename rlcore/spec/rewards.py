@@ -96,7 +96,7 @@ class RewardSpec(_Frozen):
         return {k: v.get_secret_value() for k, v in self.headers.items()}
 
 
-# --- Several rewards with weights (issue 11): HTTP endpoints and built-in graders. Graders are fixed Python
+# --- Several rewards with weights: HTTP endpoints and built-in graders. Graders are fixed Python
 # in the engine (rlcore.rewards.graders); a spec only parameterises them, so no tenant code ever runs.
 MAX_REWARDS = 16
 REWARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # becomes the metric reward/<name>/mean

@@ -11,55 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
+from tests.support.databases import redis_database, throwaway_database
+from tests.support.specs import letter_spec as support_letter_spec
+from tests.support.stacks import Api, api_stack
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI_REDIS_DB = 13  # the e2e tests use 14
-
-
-@dataclass
-class Api:
-    url: str
-    key: str
-    other_key: str  # a second tenant's
-    worker_secret: str
-    reward_url: str
-    data_dir: Path
-    backends: dict[str, str]  # RLFT_DATABASE_URL / RLFT_BROKER_URL when not the embedded defaults
+# Redis database numbers of the CLI tests; the e2e tests use others (tests/e2e/conftest.py).
+CLI_REDIS_DBS = (13, 8, 7)
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from rlft_contracts.settings import Settings
-    from service.db import migrate
-    from service.keys import create_api_key
-
-    with _backends(request.param) as backends:
-        data = tmp_path_factory.mktemp("rlft-api")
-        port = free_port()
-        worker_secret = secrets.token_urlsafe(32)
-        env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret, **backends)
-        settings = Settings(data_dir=data, dev_mode=True, **{k[5:].lower(): v for k, v in backends.items()})
-        migrate(settings)
-        keys = create_api_key(settings, "tenant-a"), create_api_key(settings, "tenant-b")
-        with LocalStack(env=env, log_dir=data / "logs") as stack:
-            url = stack.start_api("127.0.0.1", port)
-            reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
-            yield Api(url, keys[0], keys[1], worker_secret, reward, data, backends)
+    data = tmp_path_factory.mktemp("rlft-api")
+    with _backends(request.param) as backends, api_stack(data, backends) as api:
+        yield api
 
 
 @contextmanager
@@ -71,37 +46,17 @@ def _backends(kind: str) -> Iterator[dict[str, str]]:
     db_url, redis_url = os.environ.get("RLFT_TEST_DATABASE_URL"), os.environ.get("RLFT_TEST_REDIS_URL")
     if not (db_url and redis_url):
         pytest.skip("RLFT_TEST_DATABASE_URL and RLFT_TEST_REDIS_URL are not set")
-    import psycopg
-    import redis
-
-    name = f"rlft_cli_{uuid.uuid4().hex[:10]}"
-    admin = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    broker = urlunsplit(urlsplit(redis_url)._replace(path=f"/{CLI_REDIS_DB}"))
-    queue = redis.Redis.from_url(broker)
-    queue.flushdb()
-    try:
-        yield {
-            "RLFT_DATABASE_URL": urlunsplit(urlsplit(db_url)._replace(path=f"/{name}")),
-            "RLFT_BROKER_URL": broker,
-        }
-    finally:
-        queue.flushdb()
-        queue.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        throwaway_database(db_url, "rlft_cli") as database,
+        redis_database(redis_url, CLI_REDIS_DBS, "rlft:cli:session") as broker,
+    ):
+        yield {"RLFT_DATABASE_URL": database, "RLFT_BROKER_URL": broker}
 
 
 def letter_spec(reward_url: str, **hyperparameters: Any) -> dict[str, Any]:
-    return {
-        "algorithm": "grpo",
-        "model": {"name_or_path": "tiny-qwen"},  # a hub id: the stand-in worker never loads it
-        "dataset": {"rows": [{"prompt": "Say:", "label": "a"}, {"prompt": "Go:", "label": "a"}]},
-        "reward": {"url": reward_url},
-        "hyperparameters": {"steps": 3, "prompts_per_step": 2, "group_size": 2, **hyperparameters},
-        "resources": {"gpus": 0},
-    }
+    """The CLI tests' job: a hub id the stand-in worker never loads, two prompts, three short steps."""
+    hyper = {"steps": 3, "prompts_per_step": 2, "group_size": 2, **hyperparameters}
+    return support_letter_spec("tiny-qwen", reward_url, prompts=("Say:", "Go:"), **hyper)
 
 
 class StandInWorker:

@@ -93,7 +93,7 @@ def test_database_and_artifacts_live_on_named_volumes(compose):
 
 def _parse(argv: list[str]):
     """The CLI's reading of a compose command, ${VAR:-default} taken at its default."""
-    from rlft.cli import _parser
+    from rlft.cli import parser as _parser
 
     assert argv[0] == "rlft"
     return _parser().parse_args([re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", a) for a in argv[1:]])

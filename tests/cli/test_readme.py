@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlft.cli import _parser
+from rlft.cli import parser as _parser
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -6,29 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from rlft.demo import free_port
+from rlft.localproc import free_port
 from tests.cli.conftest import processes_with_env
+from tests.support.waiting import wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise AssertionError(f"nothing answered at {url}")
+def _running(proc: subprocess.Popen) -> None:
+    assert proc.poll() is None, proc.stdout.read()
 
 
 def test_up_serves_everything_and_stops_everything(tmp_path):
@@ -42,8 +33,8 @@ def test_up_serves_everything_and_stops_everything(tmp_path):
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait_for(f"http://127.0.0.1:{reward_port}", proc)
-        _wait_for(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_http(f"http://127.0.0.1:{reward_port}", 90, ok_only=False, alive=lambda: _running(proc))
+        wait_http(f"http://127.0.0.1:{port}/healthz", 90, alive=lambda: _running(proc))
         key = (data / "dev-api-key").read_text().strip()
         # The CLI finds the dev key on its own (same data directory, no RLFT_API_KEY).
         jobs = subprocess.run(

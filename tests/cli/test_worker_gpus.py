@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from rlft.cli import CLIError, claim_gpus, visible_gpus
+from rlft.cli.common import CLIError
+from rlft.cli.stack import claim_gpus, visible_gpus
 
 
 def test_workers_take_distinct_gpus_until_none_is_free(tmp_path):
@@ -20,7 +21,10 @@ def test_workers_take_distinct_gpus_until_none_is_free(tmp_path):
 
 
 def test_a_gpu_is_free_again_when_its_worker_exits(tmp_path):
-    code = f"import pathlib, rlft.cli; rlft.cli.claim_gpus(1, pathlib.Path({str(tmp_path)!r}), ['0'])"
+    code = (
+        "import pathlib; from rlft.cli.stack import claim_gpus; "
+        f"claim_gpus(1, pathlib.Path({str(tmp_path)!r}), ['0'])"
+    )
     for _ in range(2):  # the second process can take it only if the first one's exit released it
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert claim_gpus(1, tmp_path, ["0"]) == ["0"]

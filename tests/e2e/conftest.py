@@ -16,21 +16,20 @@ import base64
 import os
 import secrets
 import signal
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from rlcore.testing import make_tiny_model
-from rlft.localproc import free_port, uvicorn_command
+from rlft.localproc import free_port
+from rlft.localstack import Child, LocalStack
+from tests.support.databases import redis_database, throwaway_database
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 5
@@ -40,82 +39,26 @@ TERMINAL = {"succeeded", "failed", "cancelled", "paused"}
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-@dataclass
 class Stack:
     root: Path
     env: dict[str, str]
     api_url: str
     model_path: str
+    local: LocalStack
     reward_urls: dict[str, str] = field(default_factory=dict)
-    procs: list[Proc] = field(default_factory=list)
-    workers: list[Proc] = field(default_factory=list)
+    workers: list[Child] = field(default_factory=list)
     http: httpx.Client | None = None
 
     # -- processes ---------------------------------------------------------------------------------------
 
-    def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> Proc:
-        log = self.root / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                cmd,
-                cwd=REPO,
-                env={**self.env, **(extra_env or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
+    @property
+    def procs(self) -> list[Child]:
+        return self.local.children
 
-    def start_worker(self, name: str) -> Proc:
-        data_dir = self.root / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "-Q",
-            "gpu,cpu",
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "INFO",
-        ]
-        proc = self.spawn(name, cmd, {"RLFT_DATA_DIR": str(data_dir)})
+    def start_worker(self, name: str) -> Child:
+        # A data directory of its own, as if on its own machine.
+        env = {"RLFT_DATA_DIR": str(self.root / name)}
+        proc = self.local.start_worker(name=name, hostname=f"{name}@%h", extra_env=env)
         wait_for(lambda: "ready." in proc.tail(100_000), 120, f"worker {name} ready", self)
         self.workers.append(proc)
         return proc
@@ -126,17 +69,10 @@ class Stack:
         )
 
     def teardown(self) -> None:
-        for proc in self.procs:
-            proc.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs:
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.signal_group(signal.SIGKILL)
-                proc.popen.wait(timeout=10)
+        pids = [p.pid for p in self.procs]
+        self.local.stop()
         # Training children lead their own sessions; they die with their worker, but make sure.
-        for pid in training_children([p.pid for p in self.procs]):
+        for pid in training_children(pids):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -196,13 +132,13 @@ def wait_for(
     context: Callable[[], Any] | None = None,
     every_s: float = 0.25,
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every_s)
-    detail = f"\nlast seen: {context()}" if context else ""
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}{detail}\n{stack.logs() if stack else ''}")
+    """:func:`wait_until`, failing with what was last seen and the tail of every process's log."""
+
+    def detail() -> str:
+        seen = f"last seen: {context()}\n" if context else ""
+        return seen + (stack.logs() if stack else "")
+
+    wait_until(check, what, timeout_s, every_s=every_s, detail=detail)
 
 
 def training_children(parent_pids: list[int]) -> list[int]:
@@ -230,59 +166,40 @@ def training_children(parent_pids: list[int]) -> list[int]:
 # -- the backing services ---------------------------------------------------------------------------------
 
 
-def _postgres_database() -> Iterator[str | None]:
-    url = os.environ.get("RLFT_TEST_DATABASE_URL")
-    if not url:
-        yield None
-        return
-    import psycopg
-
-    name = f"rlft_e2e_{uuid.uuid4().hex[:10]}"
-    admin = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(url)
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _redis_broker(root: Path) -> Iterator[str]:
-    url = os.environ.get("RLFT_TEST_REDIS_URL")
-    if not url:
-        yield f"sqla+sqlite:///{root / 'broker.db'}"
-        return
-    import redis
-
-    # Queue names are fixed (gpu, cpu), so two sessions on one Redis database would take each other's
-    # jobs: each session locks a database number of its own (the CLI tests use 13).
-    token = uuid.uuid4().hex
-    for db in E2E_REDIS_DBS:
-        own = urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
-        client = redis.Redis.from_url(own)
-        if client.set(E2E_REDIS_LOCK, token, nx=True, ex=3600):
-            break
-        client.close()
-    else:
-        pytest.skip(f"every Redis database in {list(E2E_REDIS_DBS)} is held by another e2e session")
-    for key in client.scan_iter():
-        if key != E2E_REDIS_LOCK.encode():
-            client.delete(key)
-    try:
-        yield own
-    finally:
-        client.flushdb()
-        client.close()
+@contextmanager
+def _backends(root: Path) -> Iterator[tuple[str | None, str]]:
+    """(database URL, broker URL): Postgres and Redis of the session's own when configured, else embedded."""
+    db_url, redis_url = os.environ.get("RLFT_TEST_DATABASE_URL"), os.environ.get("RLFT_TEST_REDIS_URL")
+    with ExitStack() as own:
+        database = own.enter_context(throwaway_database(db_url, "rlft_e2e")) if db_url else None
+        if redis_url:
+            broker = own.enter_context(redis_database(redis_url, E2E_REDIS_DBS, E2E_REDIS_LOCK))
+        else:
+            broker = f"sqla+sqlite:///{root / 'broker.db'}"
+        yield database, broker
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
     model = make_tiny_model(root / "models" / "tiny", "tiny")  # under the stack's model root
-    db_gen, broker_gen = _postgres_database(), _redis_broker(root)
-    db_url, broker_url = next(db_gen), next(broker_gen)
+    with _backends(root) as (db_url, broker_url):
+        env = _stack_env(root, broker_url)
+        local = LocalStack(env=env, log_dir=root / "logs", cwd=REPO)
+        s = Stack(root=root, env=env, api_url=env["RLFT_API_URL"], model_path=str(model), local=local)
+        try:
+            _start_reward_servers(s)
+            _start_api(s, db_url)
+            s.start_worker("worker-1")
+            s.start_worker("worker-2")
+            yield s
+        finally:
+            if s.http is not None:
+                s.http.close()
+            s.teardown()
+
+
+def _stack_env(root: Path, broker_url: str) -> dict[str, str]:
     api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLFT_")}
     env.update(
@@ -304,19 +221,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    s = Stack(root=root, env=env, api_url=env["RLFT_API_URL"], model_path=str(model))
-    try:
-        _start_reward_servers(s)
-        _start_api(s, db_url)
-        s.start_worker("worker-1")
-        s.start_worker("worker-2")
-        yield s
-    finally:
-        if s.http is not None:
-            s.http.close()
-        s.teardown()
-        for gen in (broker_gen, db_gen):
-            gen.close()
+    return env
 
 
 def _start_reward_servers(s: Stack) -> None:
@@ -328,18 +233,15 @@ def _start_reward_servers(s: Stack) -> None:
         "failing": ("tests.e2e.failing_reward:app", {}),
     }
     for name, (target, extra_env) in apps.items():
-        port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
-        s.spawn(f"reward-{name}", [*cmd, "--log-level", "warning"], extra_env)
-        s.reward_urls[name] = f"http://127.0.0.1:{port}/"
-    for name, url in s.reward_urls.items():
-        wait_for(lambda url=url: _answers(url), 60, f"reward server {name}", s)
+        url = s.local.start_reward_server(
+            target, "127.0.0.1", free_port(), name=f"reward-{name}", extra_env=extra_env, timeout=60
+        )
+        s.reward_urls[name] = f"{url}/"
 
 
 def _start_api(s: Stack, db_url: str | None) -> None:
     from rlft_contracts.settings import Settings
-    from service.db import migrate
-    from service.keys import create_api_key
+    from service import admin
 
     api_env = {"RLFT_DATA_DIR": str(s.root / "api"), "RLFT_REAPER_INTERVAL_S": "0.5"}
     if db_url:
@@ -351,21 +253,7 @@ def _start_api(s: Stack, db_url: str | None) -> None:
         worker_secret=s.env["RLFT_WORKER_SECRET"],
         encryption_key=s.env["RLFT_ENCRYPTION_KEY"],
     )
-    migrate(settings)
-    port = s.api_url.rsplit(":", 1)[1]
-    s.spawn(
-        "api",
-        uvicorn_command("service.app:create_app", port, factory=True),
-        api_env,
-    )
-    wait_for(lambda: _answers(f"{s.api_url}/healthz", ok_only=True), 90, "the API's /healthz", s)
-    key = create_api_key(settings, "e2e-tenant")
+    admin.migrate(settings)
+    s.local.start_api("127.0.0.1", int(s.api_url.rsplit(":", 1)[1]), api_env)
+    key = admin.create_key(settings, "e2e-tenant")
     s.http = httpx.Client(base_url=s.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-def _answers(url: str, ok_only: bool = False) -> bool:
-    try:
-        resp = httpx.get(url, timeout=2)
-    except httpx.HTTPError:
-        return False
-    return resp.status_code == 200 if ok_only else True

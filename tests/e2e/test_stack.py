@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Stack, training_children, wait_for
-from tests.rlcore.helpers import PROMPTS
+from tests.support.specs import PROMPTS, letter_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -56,20 +56,14 @@ def make_spec(
     stack: Stack, algorithm: str = "grpo", reward: str = "letter", reward_extra: dict | None = None, **hp: Any
 ) -> dict[str, Any]:
     hyper = {**(PPO if algorithm == "ppo" else GRPO), **hp}
-    return {
-        "algorithm": algorithm,
-        "model": {"name_or_path": stack.model_path},
-        "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS]},
-        "reward": {
-            "url": stack.reward_urls[reward],
-            "timeout_s": 10,
-            "max_retries": 2,
-            **({"protocol": "openrlhf"} if reward == "openrlhf" else {}),
-            **(reward_extra or {}),
-        },
-        "hyperparameters": hyper,
-        "resources": {"gpus": 0},
+    endpoint = {
+        "url": stack.reward_urls[reward],
+        "timeout_s": 10,
+        "max_retries": 2,
+        **({"protocol": "openrlhf"} if reward == "openrlhf" else {}),
+        **(reward_extra or {}),
     }
+    return letter_spec(stack.model_path, endpoint, algorithm=algorithm, prompts=PROMPTS, **hyper)
 
 
 def ts(value: str) -> float:
@@ -196,7 +190,7 @@ def test_sigkill_worker_mid_job_resumes_on_another(stack):
     before = max(m["step"] for m in stack.metrics(job["id"], "reward/mean"))
     killed_at = time.time()
     holder.signal_group(signal.SIGKILL)  # the worker and anything in its group, as a lost machine would
-    holder.popen.wait(timeout=10)
+    holder.proc.wait(timeout=10)
     stack.workers.remove(holder)
     # Its training process leads its own session: it must die with its supervisor, not train on.
     wait_for(
@@ -248,7 +242,7 @@ def test_worker_shutdown_checkpoints_and_another_worker_resumes(stack):
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "step 2", stack)
     holder = _holder(stack, job["id"])
     holder.signal_group(signal.SIGTERM)  # Celery's warm shutdown, as `docker stop` would send
-    holder.popen.wait(timeout=120)
+    holder.proc.wait(timeout=120)
     stack.workers.remove(holder)
     ckpts = stack.request("GET", f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
     assert ckpts and ckpts[0]["step"] >= 2, "the shutdown wrote and registered no checkpoint"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from rlcore.spec import JobSpec
 from rlcore.testing import make_tiny_model
-
-PROMPTS = ["Say something:", "Write a word:", "Go:", "Answer:"]
+from tests.support.specs import PROMPTS, letter_spec
 
 
 def letter_reward(prompts, completions, **fields):
@@ -33,13 +32,9 @@ def make_spec(model: str, algorithm: str = "grpo", lora=None, **hp) -> JobSpec:
         hyper["group_size"] = 1
         hyper["prompts_per_step"] = 4
     hyper.update(hp)
+    model_section = {"name_or_path": model, "lora": lora}
     return JobSpec.model_validate(
-        {
-            "algorithm": algorithm,
-            "model": {"name_or_path": model, "lora": lora},
-            "dataset": {"rows": [{"prompt": p, "label": "a"} for p in PROMPTS]},
-            "hyperparameters": hyper,
-        }
+        letter_spec(model_section, algorithm=algorithm, prompts=PROMPTS, gpus=None, **hyper)
     )
 
 

@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+
+from tests.support.servers import serve_app
 
 
 @dataclass
@@ -52,7 +53,8 @@ def _items_answer(body: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def make_app(state: ServerState) -> FastAPI:
+# One small route a behaviour, all closures over ``state``: split up, they would only be harder to find.
+def make_app(state: ServerState) -> FastAPI:  # noqa: C901
     app = FastAPI()
 
     @app.middleware("http")
@@ -204,28 +206,6 @@ class RunningServer:
 
     def url(self, path: str) -> str:
         return self.base_url + path
-
-
-@contextmanager
-def serve_app(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test reward server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @contextmanager

@@ -6,45 +6,23 @@ import json
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
-from rlft.localproc import free_port as _free_port
+from rlft.localproc import free_port
+from rlft.localstack import LETTER_APP, LocalStack
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def letter_server():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.rewards.letter:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            httpx.post(url, json={"items": []}, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+def letter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("letter-server")
+    with LocalStack(env=dict(os.environ), log_dir=logs, cwd=REPO) as stack:
+        yield stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
 
 
 def _spec(tmp_path: Path, model: str, **reward) -> Path:

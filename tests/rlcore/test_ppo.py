@@ -1,4 +1,4 @@
-"""PPO's behaviours on the tiny model (issue 12): clipping that acts under the defaults, critic warm-up,
+"""PPO's behaviours on the tiny model: clipping that acts under the defaults, critic warm-up,
 the shared critic and the LoRA critic, the entropy bonus, and checkpoints of each critic."""
 
 from __future__ import annotations

@@ -515,7 +515,7 @@ def test_example_openrlhf_letter_at_both_paths():
 def test_example_letter_through_the_client():
     """The demo's path end to end: the real client against the real example app on uvicorn."""
     from examples.rewards.letter import app
-    from tests.rlcore.reward_servers import serve_app
+    from tests.support.servers import serve_app
 
     with serve_app(app) as url, HTTPRewardClient(RewardSpec(url=url + "/"), url_policy=LOCAL, **FAST) as c:
         result = c.score(1, items(2, completions=["aa", "ab"]))
@@ -531,7 +531,7 @@ def test_example_specs_validate(name):
     assert spec.model.name_or_path == ".models/tiny"
 
 
-# -- several rewards with weights (issue 11) -----------------------------------------------------------------
+# -- several rewards with weights -------------------------------------------------------------------------
 
 
 def job_spec(rewards: list[dict]) -> JobSpec:

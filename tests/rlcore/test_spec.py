@@ -29,7 +29,7 @@ def test_defaults_resolve_per_algorithm():
     assert ppo.hyperparameters.kl_in == "reward" and ppo.hyperparameters.kl_estimator == "k1"
     assert ppo.hyperparameters.group_size == 1
     assert _spec(resources={"gpus": 0}).queue() == "cpu"
-    # What makes PPO PPO (issue 12); GRPO keeps its single pass over the whole batch and has no critic.
+    # What makes PPO PPO; GRPO keeps its single pass over the whole batch and has no critic.
     g, p = grpo.hyperparameters, ppo.hyperparameters
     assert (g.epochs_per_rollout, g.minibatch_size, g.reward_norm, g.value_model) == (1, None, "none", None)
     assert (p.epochs_per_rollout, p.minibatch_size, p.reward_norm) == (4, None, "running")
@@ -101,7 +101,7 @@ def test_spec_is_frozen():
         spec.hyperparameters.steps = 5
 
 
-# --- issue 9: strict, finite, bounded; secrets never in a message; spec files that cannot blow up ---
+# --- Strict, finite, bounded; secrets never in a message; spec files that cannot blow up ---
 
 
 @pytest.mark.parametrize(

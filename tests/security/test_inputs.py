@@ -1,7 +1,7 @@
-"""Issue 9, items 4 (uploads), 5 (header validation), 7 and 8: every input is validated at the edge.
+"""Every input is validated at the edge: uploads, header values, spec bounds, metadata.
 
-Each case answered a 500, or was accepted and failed later on a worker. Now each is a 4xx that names the
-field (never a header's value), on SQLite and on Postgres.
+Each case is refused with a 4xx that names the field (never a header's value), on SQLite and on Postgres,
+rather than a 500 or a job accepted here that would fail later on a worker.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from rlft_contracts.settings import Settings
 from service.app import create_app
 from tests.security.conftest import WORKER, claim, create_job, job_body, wpost
-from tests.service.servers import ServerThread
+from tests.support.servers import ServerThread
 
 SECRET = "s3cret-canary-7f1e"
 GOOD_ID = f"job_{'0' * 24}"
@@ -72,7 +72,7 @@ def test_bad_reward_headers_are_refused_at_submit(client: TestClient, alice: dic
 def test_bad_reward_headers_are_refused_by_the_dry_run(
     client: TestClient, alice: dict, headers, rule
 ) -> None:
-    # The non-ASCII value used to answer 500 here (the HTTP library refused it mid-request).
+    # A non-ASCII value must be refused here: the HTTP library would refuse it mid-request, as a 500.
     body = {
         "reward": {"url": "http://127.0.0.1:9/score", "headers": headers},
         "items": [{"prompt": "p", "completion": "c"}],
@@ -252,7 +252,7 @@ def test_counts_and_lengths_are_bounded(client: TestClient, alice: dict, overrid
 
 
 def test_the_longest_metadata_fits_the_index(client: TestClient, alice: dict) -> None:
-    # A 1 MiB value broke the Postgres btree index; the largest value now allowed is stored and filtered.
+    # A btree index entry has a size limit on Postgres: the largest value allowed is stored and filtered.
     key, value = "k" * 64, "\U0001f600" * 512  # 4 bytes a character
     job = create_job(client, alice, metadata={key: value, "team": "search"})
     page = client.get("/v1/jobs", params={f"metadata.{key}": value}, headers=alice).json()

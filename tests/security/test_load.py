@@ -1,18 +1,18 @@
-"""Issue 9, under real traffic: bursts answer 201/429/503 (never a 500, never a lost or duplicate job),
+"""Under real traffic: bursts answer 201/429/503 (never a 500, never a lost or duplicate job),
 slow dry runs and full public budgets leave other tenants and the worker API working, overload is a fast
 503, per-tenant limits are 429s, SSE never misses the terminal status, /metrics takes the worker secret.
 
-Concurrency runs against a real uvicorn server (tests/service/servers.py) with small budgets, so a few
+Concurrency runs against a real uvicorn server (tests/support/servers.py) with small budgets, so a few
 hundred requests are enough to saturate it; every wait is bounded by a generous "did not hang" limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +29,11 @@ from service.db import session_scope
 from service.schemas import FinishRequest
 from tests.rlcore.reward_servers import RunningServer, misbehaving_server
 from tests.security.conftest import WORKER, claim, create_job, job_body
-from tests.service.servers import ServerThread
+from tests.support.servers import ServerThread
+from tests.support.waiting import wait_until
 
 HANG_S = 120  # "did not hang": far above what any of these takes on a loaded 2-core machine
+_wait_until = functools.partial(wait_until, timeout_s=HANG_S)
 ITEMS = [{"prompt": "2+2=", "completion": "4", "label": "4"}]
 
 
@@ -56,14 +58,6 @@ def _count_jobs(settings: Settings) -> set[str]:
 
 async def _gather(coros: list) -> list:
     return await asyncio.wait_for(asyncio.gather(*coros), HANG_S)
-
-
-def _wait_until(predicate, what: str) -> None:
-    deadline = time.monotonic() + HANG_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _heartbeat(c: httpx.Client, job_id: str, fence: int) -> httpx.Response:

@@ -1,8 +1,8 @@
-"""Models a tenant may name over REST, jobs that cannot be served, repeated claims, devices (issue 9).
+"""Models a tenant may name over REST, jobs that cannot be served, repeated claims, devices.
 
-Tenant B once trained one step on tenant A's checkpoint directory (named by path) and downloaded A's
-weights; a stored dataset with a lone surrogate made every claim of its job answer 500, forever; a lost
-claim reply cost an attempt; a CPU worker started 64 training processes for ``resources.gpus: 64``.
+What must not happen: tenant B training on tenant A's checkpoint directory (named by path) and downloading
+A's weights; a stored dataset with a lone surrogate making every claim of its job answer 500, forever; a
+lost claim reply costing an attempt; a CPU worker starting 64 training processes for ``resources.gpus: 64``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def test_rlft_submit_sends_the_example_specs_local_model_as_an_absolute_path(
     the relative `.models/tiny` that `rlft train --local` reads too."""
     import yaml
 
-    from rlft.cli import _absolute_model_paths
+    from rlft.cli.jobs import _absolute_model_paths
 
     client, alice, _, root = rooted
     (root / "tiny").mkdir()

@@ -14,14 +14,10 @@ from fastapi.testclient import TestClient
 
 from rlcore.rewards.secrets import REDACTED
 from rlcore.spec import JobSpec
-from rlft_contracts.settings import Settings
-from service.app import create_app
 from service.crypto import HeaderCipher
-from service.db import migrate
-from service.keys import create_api_key
 from service.submit import _request_hash
 from tests.rlcore.reward_servers import RunningServer, misbehaving_server
-from tests.service.conftest import job_body, make_settings
+from tests.service.conftest import job_body
 
 ITEMS = [{"prompt": "2+2=", "completion": "4", "label": "4"}, {"prompt": "3+3=", "completion": "6"}]
 
@@ -113,14 +109,6 @@ def test_an_idempotent_retry_with_other_header_values_is_refused(client, alice, 
 
 
 # -- the URL policy at submit ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def strict_client(tmp_path, database_url) -> Iterator[tuple[TestClient, dict]]:
-    s: Settings = make_settings(tmp_path, database_url, allow_private_reward_urls=False)
-    migrate(s)
-    with TestClient(create_app(s)) as c:
-        yield c, {"Authorization": f"Bearer {create_api_key(s, 'alice')}"}
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 
@@ -21,6 +20,7 @@ from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.db import migrate
 from service.keys import create_api_key
+from tests.support.databases import throwaway_schema
 
 PG_URL = os.environ.get("RLFT_TEST_DATABASE_URL")
 WORKER_SECRET = "test-worker-" + secrets.token_hex(8)
@@ -31,22 +31,8 @@ BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
 def pg_schema_url() -> Iterator[str]:
     if not PG_URL:
         pytest.skip("RLFT_TEST_DATABASE_URL is not set")
-    yield from _pg_schema(PG_URL)
-
-
-def _pg_schema(base_url: str) -> Iterator[str]:
-    schema = "t_" + secrets.token_hex(6)
-    base = Settings(database_url=base_url, dev_mode=True).database_url
-    admin = sa.create_engine(base, poolclass=sa.NullPool)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with throwaway_schema(PG_URL) as url:
+        yield url
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
@@ -68,20 +54,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'rlft.db'}"
     else:
-        yield from _pg_schema(PG_URL or "")
+        with throwaway_schema(PG_URL or "") as url:
+            yield url
+
+
+def migrated_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    """:func:`make_settings` on a database brought to the newest schema."""
+    s = make_settings(tmp_path, database_url, **overrides)
+    migrate(s)
+    return s
 
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    s = make_settings(tmp_path, database_url)
-    migrate(s)
-    return s
+    return migrated_settings(tmp_path, database_url)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture
+def strict_client(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, dict]]:
+    """An app that refuses reward URLs on private addresses (the production default), and alice's key."""
+    s = migrated_settings(tmp_path, database_url, allow_private_reward_urls=False)
+    with TestClient(create_app(s)) as c:
+        yield c, {"Authorization": f"Bearer {create_api_key(s, 'alice')}"}
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def _ppo(**hyperparameters) -> dict:
         ({"hyperparameters": {"steps": 0}}, "hyperparameters.steps", "greater than or equal to 1"),
         ({"model": {}}, "model", "give exactly one of model.name_or_path"),
         ({"reward": {"url": "ftp://x/score"}}, "reward.url", "http://"),
-        # PPO's knobs (issue 12)
+        # PPO's knobs
         (_ppo(reward_norm="whiten"), "hyperparameters.reward_norm", "'none', 'batch' or 'running'"),
         (_ppo(value_model="tiny"), "hyperparameters.value_model", "'separate' or 'shared'"),
         (_ppo(critic_warmup_steps=-1), "hyperparameters.critic_warmup_steps", "greater than or equal to 0"),

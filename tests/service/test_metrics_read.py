@@ -1,4 +1,4 @@
-"""``GET /v1/jobs/{id}/metrics``: the plain read, and ``max_points`` downsampling for charts (issue 16)."""
+"""``GET /v1/jobs/{id}/metrics``: the plain read, and ``max_points`` downsampling for charts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prometheus across API processes (issue 16): two uvicorn processes sharing PROMETHEUS_MULTIPROC_DIR, as
+"""Prometheus across API processes: two uvicorn processes sharing PROMETHEUS_MULTIPROC_DIR, as
 ``rlft serve --workers 2`` runs them; a scrape of either answers the sums over both."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rlft_contracts.settings import Settings
 from tests.service.conftest import WORKER
-from tests.service.test_push import Reader, _wait_until, api_process
+from tests.service.test_push import Reader, _wait_until
 from tests.service.test_sse import start_job
+from tests.support.stacks import api_process
 
 
 def _scrape(base: str) -> dict[tuple[str, tuple], float]:

@@ -1,41 +1,36 @@
-"""Pushed event streams (issue 16): a commit on one API process reaches a subscriber on another, idle
+"""Pushed event streams: a commit on one API process reaches a subscriber on another, idle
 subscribers cost no queries, and neither a dropped client connection nor a dropped LISTEN connection loses
 an event. Real uvicorn servers, real Postgres (the tests that need LISTEN/NOTIFY skip without it)."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from rlft.localproc import free_port, uvicorn_command
 from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
-from tests.service.conftest import WORKER, make_settings
-from tests.service.servers import ServerThread
+from tests.service.conftest import WORKER, migrated_settings
 from tests.service.test_sse import post_metric, read_events, start_job
+from tests.support.servers import ServerThread
+from tests.support.stacks import api_process
+from tests.support.waiting import wait_until
 
 HANG_S = 60  # "did not hang": far above what any of these takes on a loaded machine
+_wait_until = functools.partial(wait_until, timeout_s=HANG_S, every_s=0.02)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def pg_settings(tmp_path: Path, pg_schema_url: str) -> Settings:
-    from service.db import migrate
-
-    s = make_settings(tmp_path, pg_schema_url)
-    migrate(s)
-    return s
+    return migrated_settings(tmp_path, pg_schema_url)
 
 
 @pytest.fixture
@@ -73,52 +68,9 @@ class Reader:
         _wait_until(lambda: predicate(self), what)
 
 
-def _wait_until(predicate, what: str) -> None:
-    deadline = time.monotonic() + HANG_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _finish(base: str, jid: str, fence: int) -> None:
     body = {"fence": fence, "status": "succeeded"}
     httpx.post(f"{base}/internal/v1/jobs/{jid}/finish", json=body, headers=WORKER).raise_for_status()
-
-
-@contextlib.contextmanager
-def api_process(settings: Settings, **extra_env: str) -> Iterator[str]:
-    """A separate API process (uvicorn) on the settings' database; yields its URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "RLFT_DATA_DIR": str(settings.data_dir),
-        "RLFT_DATABASE_URL": settings.database_url,
-        "RLFT_WORKER_SECRET": settings.resolved_worker_secret(),
-        "RLFT_ENCRYPTION_KEY": settings.resolved_encryption_key(),
-        "RLFT_DEV_MODE": "1",
-        "RLFT_RUN_BACKGROUND_TASKS": "0",
-        "RLFT_ALLOW_PRIVATE_REWARD_URLS": "1",
-        **extra_env,
-    }
-    cmd = uvicorn_command("service.app:create_app", port, factory=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _healthy(url, proc), f"the API process on port {port}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _healthy(url: str, proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"the API process exited with {proc.returncode}")
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_a_subscriber_on_process_a_gets_an_event_written_through_process_b(

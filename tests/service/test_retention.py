@@ -23,7 +23,7 @@ from service.app import create_app
 from service.db import make_engine
 from service.models import CheckpointDownload
 from tests.service.conftest import WORKER, claim, create_job, job_body, wpost
-from tests.service.servers import ServerThread
+from tests.support.servers import ServerThread
 from tests.service.test_worker_api import sweep
 
 # --- the plan, as pure functions ---

@@ -9,15 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
 from rlcore.rewards.secrets import REDACTED
-from rlft_contracts.settings import Settings
-from service.app import create_app
-from service.db import migrate
-from service.keys import create_api_key
 from tests.rlcore.reward_servers import RunningServer, misbehaving_server
-from tests.service.conftest import claim, job_body, make_settings, wpost
+from tests.service.conftest import claim, job_body, wpost
 
 ITEMS = [
     {"prompt": "2+2=", "completion": "the answer is 4", "label": "4"},
@@ -154,14 +149,6 @@ def test_a_non_finite_weight_is_422(client, alice, weight):
     r = client.post("/v1/jobs", content=raw, headers={**alice, "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert "weight" in r.text
-
-
-@pytest.fixture
-def strict_client(tmp_path, database_url) -> Iterator[tuple[TestClient, dict]]:
-    s: Settings = make_settings(tmp_path, database_url, allow_private_reward_urls=False)
-    migrate(s)
-    with TestClient(create_app(s)) as c:
-        yield c, {"Authorization": f"Bearer {create_api_key(s, 'alice')}"}
 
 
 def test_the_url_policy_applies_to_every_http_entry(strict_client):

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from examples.rewards.exact_match import app as exact_match_app
-from tests.service.servers import ServerThread
+from tests.support.servers import ServerThread
 
 ITEMS = [
     {"prompt": "2+2=", "completion": "the answer is 4", "label": "4"},

@@ -4,9 +4,6 @@ across API processes (the stream polls the database, so a second process sees th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,8 @@ from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
 from tests.service.conftest import WORKER, job_body
-from tests.service.servers import ServerThread, free_port
+from tests.support.servers import ServerThread
+from tests.support.stacks import api_process
 
 pytestmark = pytest.mark.e2e
 
@@ -117,34 +115,6 @@ def test_keep_alive_pings_while_idle(
 def test_delivery_across_api_processes(server: ServerThread, settings: Settings, tmp_path: Path) -> None:
     """A second API process (its own engine, no shared memory) streams what the first one ingested."""
     headers = {"Authorization": f"Bearer {create_api_key(settings, 'carol')}"}
-    port = free_port()
-    env = {
-        **os.environ,
-        "RLFT_DATA_DIR": str(settings.data_dir),
-        "RLFT_DATABASE_URL": settings.database_url,
-        "RLFT_WORKER_SECRET": settings.resolved_worker_secret(),
-        "RLFT_ENCRYPTION_KEY": settings.resolved_encryption_key(),
-        "RLFT_DEV_MODE": "1",
-        "RLFT_RUN_BACKGROUND_TASKS": "0",
-    }
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port)]
-    proc = subprocess.Popen(cmd + ["--log-level", "warning"], env=env, cwd=Path(__file__).parents[2])
-    try:
-        other = f"http://127.0.0.1:{port}"
-        _wait_ready(other)
+    with api_process(settings) as other:
         lag = first_metrics_lag(other, server.url, headers)
-        assert lag < 1.0, f"cross-process SSE delivery lag {lag:.3f}s"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{base} did not come up")
+    assert lag < 1.0, f"cross-process SSE delivery lag {lag:.3f}s"

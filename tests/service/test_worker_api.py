@@ -230,7 +230,7 @@ def test_concurrent_claims_have_one_winner(settings: Settings, alice: dict) -> N
     import httpx
 
     from service.app import create_app
-    from tests.service.servers import ServerThread
+    from tests.support.servers import ServerThread
 
     with ServerThread(create_app(settings)) as srv:
         jid = httpx.post(f"{srv.url}/v1/jobs", json=job_body(), headers=alice).json()["id"]

@@ -7,7 +7,6 @@ points arrive. Screenshots of every browser test land in its temporary directory
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rlft.demo import LETTER_APP, LocalStack, free_port, stack_env
-from tests.cli.conftest import Api, StandInWorker, letter_spec
+from tests.cli.conftest import StandInWorker, letter_spec
 from tests.service.conftest import (  # noqa: F401 - fixtures are found by name
     alice,
     client,
@@ -25,6 +23,7 @@ from tests.service.conftest import (  # noqa: F401 - fixtures are found by name
     pg_schema_url,
     settings,
 )
+from tests.support.stacks import Api, api_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -33,21 +32,8 @@ WAIT_S = 20
 
 @pytest.fixture(scope="session")
 def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from rlft_contracts.settings import Settings
-    from service.db import migrate
-    from service.keys import create_api_key
-
-    data = tmp_path_factory.mktemp("rlft-ui")
-    port = free_port()
-    worker_secret = secrets.token_urlsafe(32)
-    env = stack_env(data, f"http://127.0.0.1:{port}", RLFT_WORKER_SECRET=worker_secret)
-    stack_settings = Settings(data_dir=data, dev_mode=True)
-    migrate(stack_settings)
-    keys = create_api_key(stack_settings, "tenant-a"), create_api_key(stack_settings, "tenant-b")
-    with LocalStack(env=env, log_dir=data / "logs") as stack:
-        url = stack.start_api("127.0.0.1", port)
-        reward = stack.start_reward_server(LETTER_APP, "127.0.0.1", free_port())
-        yield Api(url, keys[0], keys[1], worker_secret, reward, data, {})
+    with api_stack(tmp_path_factory.mktemp("rlft-ui")) as api:
+        yield api
 
 
 class Tenant:

@@ -242,7 +242,7 @@ def test_ten_thousand_points_per_series_load_and_draw_bounded(page: Page, tenant
         ".filter(e => e.name.includes('/metrics')).map(e => e.duration))"
     )
     draw_ms = reward.get_attribute("data-draw-ms")
-    print(
+    print(  # noqa: T201 - the measured times, for whoever runs the test with -s
         f"\n10,000 points x {len(names)} series: charts loaded in {loaded_ms} ms "
         f"(slowest request {slowest:.0f} ms); the reward chart draws in {draw_ms} ms"
     )

@@ -1,4 +1,4 @@
-"""The worker's side of issue 9: a job continues from its tenant's checkpoint through the real claim,
+"""The worker's side of the model rules: a job continues from its tenant's checkpoint through the real claim,
 download and training process; a hub id never loads a local directory of that name; a worker never starts
 more ranks than devices it holds, and re-checks model paths against its own roots."""
 
@@ -14,8 +14,10 @@ from rlcore.layout import checkpoint_location
 from rlft_contracts.settings import Settings
 from service.app import create_app
 from service.keys import create_api_key
-from tests.rlcore.reward_servers import ServerState, make_app, serve_app
+from tests.rlcore.reward_servers import ServerState, make_app
 from tests.service.conftest import WORKER_SECRET, database_url, make_settings  # noqa: F401 - a fixture
+from tests.support.servers import serve_app
+from tests.support.specs import letter_spec
 from worker.supervisor import Supervisor
 
 
@@ -47,20 +49,11 @@ def _weights(directory: Path) -> dict:
 
 
 def _spec(reward_url: str, model: dict[str, Any], **resources: Any) -> dict[str, Any]:
-    return {
-        "algorithm": "grpo",
-        "model": model,
-        "dataset": {"rows": [{"prompt": "Go:", "label": "a"}]},
-        "reward": {"url": reward_url},
-        "hyperparameters": {
-            "steps": 1,
-            "prompts_per_step": 1,
-            "group_size": 2,
-            "max_new_tokens": 2,
-            "learning_rate": 1e-12,
-        },
-        "resources": {"gpus": 0, **resources},
-    }
+    spec = letter_spec(
+        model, reward_url, steps=1, prompts_per_step=1, group_size=2, max_new_tokens=2, learning_rate=1e-12
+    )
+    spec["resources"].update(resources)
+    return spec
 
 
 def test_a_job_continues_from_its_tenants_checkpoint_through_the_worker(

@@ -20,7 +20,9 @@ from fastapi import FastAPI, Request, Response
 from rlcore.rewards.secrets import REDACTED, REWARD_HEADERS_ENV, Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlft_contracts.settings import Settings
-from tests.rlcore.reward_servers import misbehaving_server, serve_app
+from tests.rlcore.reward_servers import misbehaving_server
+from tests.support.servers import serve_app
+from tests.support.specs import letter_spec
 from worker.launch import SPEC_FILE, remove_leftover_secrets
 from worker.outbox import Kind, OutboxWriter
 from worker.outcome import classify, crash_error
@@ -39,14 +41,8 @@ def files_holding(root: Path, token: str) -> list[str]:
 
 
 def spec_for(model: Path, reward_url: str, headers: dict[str, str]) -> dict:
-    return {
-        "algorithm": "grpo",
-        "model": {"name_or_path": str(model)},
-        "dataset": {"rows": [{"prompt": "Go:", "label": "a"}]},
-        "reward": {"url": reward_url, "headers": headers, "max_retries": 0},
-        "hyperparameters": {"steps": 3, "prompts_per_step": 1, "group_size": 2, "max_new_tokens": 4},
-        "resources": {"gpus": 0},
-    }
+    endpoint = {"url": reward_url, "headers": headers, "max_retries": 0}
+    return letter_spec(str(model), endpoint, steps=3, prompts_per_step=1, group_size=2, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")

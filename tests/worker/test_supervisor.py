@@ -8,6 +8,7 @@ import time
 
 from rlcore.layout import checkpoint_location
 from rlft_contracts.settings import Settings
+from tests.support.specs import letter_spec
 from worker.launch import SPEC_FILE
 from worker.outbox import OutboxReader
 from worker.outcome import ChildOutcome, crash_error
@@ -26,14 +27,7 @@ def _settings(tmp_path, server) -> Settings:
 
 
 def _claim(model_path: str, reward_url: str) -> dict:
-    spec = {
-        "algorithm": "grpo",
-        "model": {"name_or_path": model_path},
-        "dataset": {"rows": [{"prompt": "Go:", "label": "a"}]},
-        "reward": {"url": reward_url},
-        "hyperparameters": {"steps": 50, "prompts_per_step": 1, "group_size": 2, "max_new_tokens": 4},
-        "resources": {"gpus": 0},
-    }
+    spec = letter_spec(model_path, reward_url, steps=50, prompts_per_step=1, group_size=2, max_new_tokens=4)
     return {
         "job_id": "job-1",
         "fence": 3,

@@ -1,20 +1,7 @@
-"""A small typed Python client for the rlft REST API (architecture.md, "REST surface").
-
-    from rlft.client import Client
-    client = Client("http://127.0.0.1:8000", "rlft_...")
-    job = client.jobs.create(spec)              # a JobSpec, a dict, or a path to a YAML file
-    for event in client.jobs.stream_events(job.id):
-        ...
-    client.jobs.download_checkpoint(job.id, "out/")
-
-Every error the API answers becomes an :class:`APIError` (or a subclass) that carries the HTTP status,
-the machine-readable code and a message for a person; an unreachable API is :class:`APIConnectionError`.
-The CLI and the tests use this client, so what works here works there.
-"""
+"""The API's resources as the client's attributes: ``client.jobs``, ``client.files``, ``client.rewards``."""
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 import tempfile
@@ -22,275 +9,20 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from rlft.client.errors import APIConnectionError, NotFoundError, error_from_response
+from rlft.client.models import Checkpoint, Event, File, Job, JobPage, MetricPoint
+from rlft.client.sse import decode_event, parse_sse
+
+if TYPE_CHECKING:
+    from rlft.client import Client
+
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 # A paused job keeps its stream open on the server side, but a follower has nothing more to wait for.
 RESTING_STATES = TERMINAL_STATES | {"paused"}
-# A create is tried this often (same Idempotency-Key) when its answer is lost or the API is overloaded.
-CREATE_ATTEMPTS = 4
-RETRY_WAIT_CAP_S = 10.0
-_RETRY_STATUSES = frozenset({502, 503, 504})
-
-
-# ----------------------------------------------------------------------------------------------- errors
-class APIError(Exception):
-    """The API answered with an error (4xx/5xx)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        code: str | None = None,
-        body: Any = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.code = code
-        self.body = body
-        self.retry_after = retry_after  # seconds, from a 429/503's Retry-After header
-
-
-class APIConnectionError(APIError):
-    """The API could not be reached (refused, DNS, timeout)."""
-
-
-class AuthenticationError(APIError):
-    """401/403: the key is missing, wrong or revoked."""
-
-
-class NotFoundError(APIError):
-    """404: no such job, file or checkpoint (for this tenant)."""
-
-
-class ConflictError(APIError):
-    """409: an illegal state change (e.g. cancelling a finished job)."""
-
-
-class ValidationError(APIError):
-    """400/422: the request (usually the spec) was refused; ``message`` names the field and the reason."""
-
-
-_BY_STATUS: dict[int, type[APIError]] = {
-    400: ValidationError,
-    401: AuthenticationError,
-    403: AuthenticationError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: ValidationError,
-}
-
-
-def _error_from_response(resp: httpx.Response) -> APIError:
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        body = resp.text
-    code, message = _parse_error_body(body)
-    cls = _BY_STATUS.get(resp.status_code, APIError)
-    return cls(
-        message or f"HTTP {resp.status_code}",
-        status_code=resp.status_code,
-        code=code,
-        body=body,
-        retry_after=_retry_after(resp.headers.get("Retry-After")),
-    )
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: the caller's own backoff applies
-
-
-def _parse_error_body(body: Any) -> tuple[str | None, str]:
-    """Read the error shapes a FastAPI service answers: ours ({error: {code, message}}) and FastAPI's."""
-    if not isinstance(body, dict):
-        return None, str(body or "").strip()[:500]
-    err = body.get("error")
-    if isinstance(err, dict):
-        return err.get("code"), str(err.get("message") or err)
-    detail = body.get("detail", body.get("message"))
-    if isinstance(detail, dict):
-        message, field = str(detail.get("message") or detail), detail.get("field")
-        if field and not message.startswith(str(field)):
-            message = f"{field}: {message}"
-        return detail.get("code"), message
-    if isinstance(detail, list):  # FastAPI's request validation errors: name the field, then the reason
-        parts = []
-        for d in detail:
-            loc = ".".join(str(p) for p in d.get("loc", []) if p not in ("body", "query", "path"))
-            parts.append(f"{loc}: {d.get('msg')}" if loc else str(d.get("msg")))
-        return body.get("code") or "invalid_request", "; ".join(parts)
-    return body.get("code"), str(detail) if detail is not None else json.dumps(body)[:500]
-
-
-# ----------------------------------------------------------------------------------------------- models
-class _Model(BaseModel):
-    # The service may add fields; a client must not break when it does.
-    model_config = ConfigDict(extra="allow")
-
-
-class Job(_Model):
-    id: str
-    status: str
-    model: str | None = None
-    spec: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
-    latest_metrics: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    created_at: str | None = None
-    updated_at: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    @property
-    def total_steps(self) -> int | None:
-        """Steps the job will run: from progress when the worker reported it, else from the spec."""
-        for source in (self.progress or {}, (self.spec or {}).get("hyperparameters") or {}):
-            for key in ("total_steps", "steps"):
-                if isinstance(source.get(key), int) and source[key] > 0:
-                    return source[key]
-        return None
-
-    @property
-    def step(self) -> int:
-        value = (self.progress or {}).get("step")
-        return value if isinstance(value, int) else 0
-
-
-class JobPage(_Model):
-    data: list[Job]
-    has_more: bool = False
-    next_after: str | None = None  # pass as ``after`` for the next page
-
-
-class MetricPoint(_Model):
-    step: int
-    name: str
-    value: float
-
-
-class Event(_Model):
-    id: str | int | None = None
-    created_at: str | None = None
-    level: str = "info"
-    type: str = "message"
-    message: str = ""
-    data: Any = None
-
-    def metrics(self) -> tuple[int | None, dict[str, float]]:
-        """For a ``metrics`` event: (step, {name: value}); tolerant of the flat shape {step, name: value}."""
-        data = self.data if isinstance(self.data, dict) else {}
-        step = data.get("step")
-        values = data.get("metrics")
-        if not isinstance(values, dict):
-            values = {k: v for k, v in data.items() if k != "step" and isinstance(v, (int, float))}
-        return (step if isinstance(step, int) else None), {k: float(v) for k, v in values.items()}
-
-    def status(self) -> str | None:
-        """For a ``status`` event: the job's new state."""
-        if isinstance(self.data, dict) and isinstance(self.data.get("status"), str):
-            return self.data["status"]
-        return None
-
-
-class Checkpoint(_Model):
-    id: str
-    step: int
-    size_bytes: int | None = None
-    created_at: str | None = None
-    metrics: dict[str, Any] | None = None
-    best: bool = False
-    deleted: bool = False
-
-
-class File(_Model):
-    id: str
-    filename: str | None = None
-    bytes: int | None = None
-    rows: int | None = None
-
-
-# ----------------------------------------------------------------------------------------------- client
-class Client:
-    """The API at ``url`` with the tenant key ``key`` (defaults: RLFT_API_URL, RLFT_API_KEY)."""
-
-    def __init__(
-        self,
-        url: str | None = None,
-        key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        self.url = (url or os.environ.get("RLFT_API_URL") or DEFAULT_URL).rstrip("/")
-        self.key = key if key is not None else os.environ.get("RLFT_API_KEY")
-        headers = {"User-Agent": "rlft-client/0.1"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
-        self.jobs = Jobs(self)
-        self.files = Files(self)
-        self.rewards = Rewards(self)
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send one request; return the decoded JSON body, or raise an APIError."""
-        resp = self._send(method, path, **kwargs)
-        return resp.json() if resp.content else None
-
-    def request_retrying(
-        self, method: str, path: str, *, attempts: int = CREATE_ATTEMPTS, **kwargs: Any
-    ) -> Any:
-        """``request``, tried again when the answer is lost (connection error, timeout) or is a 502/503/504.
-
-        Only for requests that are safe to repeat: a create with an ``Idempotency-Key`` (the same key on
-        every try) returns the job of the first try that went through, never a second one. The wait follows
-        the API's ``Retry-After`` (capped), else doubles from half a second.
-        """
-        attempt = 1
-        while True:
-            try:
-                return self.request(method, path, **kwargs)
-            except APIError as exc:
-                retryable = isinstance(exc, APIConnectionError) or exc.status_code in _RETRY_STATUSES
-                if not retryable or attempt >= attempts:
-                    raise
-                time.sleep(min(exc.retry_after or 0.5 * 2 ** (attempt - 1), RETRY_WAIT_CAP_S))
-            attempt += 1
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-        if resp.status_code >= 400:
-            raise _error_from_response(resp)
-        return resp
-
-    def _unreachable(self, exc: Exception) -> APIConnectionError:
-        return APIConnectionError(
-            f"cannot reach the API at {self.url} ({type(exc).__name__}: {exc})", code="api_unreachable"
-        )
-
-    def health(self) -> dict[str, Any]:
-        return self.request("GET", "/healthz")
 
 
 class _Resource:
@@ -477,7 +209,7 @@ class Jobs(_Resource):
             with self._c._http.stream("GET", path) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise _error_from_response(resp)
+                    raise error_from_response(resp)
                 for chunk in resp.iter_bytes(1 << 20):
                     f.write(chunk)
         except httpx.TransportError as exc:
@@ -524,9 +256,9 @@ class _SSEFollower:
         with self._c._http.stream("GET", self._path, headers=headers, timeout=timeout) as resp:
             if resp.status_code >= 400:
                 resp.read()
-                raise _error_from_response(resp)
-            for sse_id, data in _parse_sse(resp.iter_lines()):
-                event = _decode_event(sse_id, data)
+                raise error_from_response(resp)
+            for sse_id, data in parse_sse(resp.iter_lines()):
+                event = decode_event(sse_id, data)
                 if event is None:
                     continue
                 if sse_id is not None:
@@ -553,40 +285,6 @@ def _strip_root(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
             m.name = m.name[len(prefix) :]
             kept.append(m)
     return kept
-
-
-def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
-    """Yield (id, data) per dispatched SSE event (WHATWG rules: blank line dispatches, ':' comments)."""
-    data: list[str] = []
-    event_id: str | None = None
-    for line in lines:
-        if not line:
-            if data:
-                yield event_id, "\n".join(data)
-            data, event_id = [], None
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            data.append(value)
-        elif field == "id":
-            event_id = value
-    if data:
-        yield event_id, "\n".join(data)
-
-
-def _decode_event(sse_id: str | None, data: str) -> Event | None:
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict):
-        return None
-    if payload.get("id") is None and sse_id is not None:
-        payload["id"] = sse_id
-    return Event.model_validate(payload)
 
 
 def _items(body: Any) -> list[Any]:
