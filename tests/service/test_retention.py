@@ -23,8 +23,8 @@ from service.app import create_app
 from service.db import make_engine
 from service.models import CheckpointDownload
 from tests.service.conftest import WORKER, claim, create_job, job_body, wpost
-from tests.support.servers import ServerThread
 from tests.service.test_worker_api import sweep
+from tests.support.servers import ServerThread
 
 # --- the plan, as pure functions ---
 
