@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,7 +111,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 def alembic_config(database_url: str) -> Any:
     from alembic.config import Config
 
-    cfg = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    # stdout as it is now: alembic's default is the sys.stdout of the moment it was first imported, which
+    # may be a stream closed since (a test's captured output, a CLI's redirected one).
+    cfg = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"), stdout=sys.stdout)
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # '%' is ConfigParser's interpolation character; URLs with escaped passwords contain it.
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
