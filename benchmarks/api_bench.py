@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from rlft.localproc import free_port, uvicorn_command
+from rlft_contracts.localproc import free_port, uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_S = 10.0  # a request slower than this is a failure of the burst test

@@ -410,7 +410,7 @@ def _fleet(url: str, key: str, secret: str, db_url: str, jobs: list[list], opts:
 def load(database_url: str | None, opts: dict) -> dict:
     """The whole ``--load`` run; ``opts`` holds the command line's sizes."""
     from benchmarks.api_bench import _api_env, _database, _job_body, _process
-    from rlft.localproc import free_port
+    from rlft_contracts.localproc import free_port
     from rlft_contracts.settings import Settings
     from service.db import migrate
     from service.keys import create_api_key

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlft.localproc import free_port, uvicorn_command
+from rlft_contracts.localproc import free_port, uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"

@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 
-from rlft.localproc import free_port
 from rlft.localstack import (
     LETTER_APP,
     TINY_MODEL,
@@ -30,6 +29,7 @@ from rlft.localstack import (
     run_cli,
     stack_env,
 )
+from rlft_contracts.localproc import free_port
 
 DEMO_SPEC = Path("examples/specs/grpo_letter.yaml")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from rlft.localproc import uvicorn_command
+from rlft_contracts.localproc import uvicorn_command
 
 TINY_MODEL = Path(".models/tiny")
 # The local stacks' model root (RLFT_MODEL_ROOTS): outside their data directories, which jobs may never read.

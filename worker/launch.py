@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 from rlft_contracts.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dir
 from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import split_header_secrets
-from rlft.localproc import visible_gpus
 from rlft_contracts.jobs import FINAL, FinishStatus
+from rlft_contracts.localproc import visible_gpus
 from rlft_contracts.settings import Settings
 from worker import artifacts
 from worker.launch import (

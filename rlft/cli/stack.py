@@ -126,7 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def visible_gpus() -> list[str]:
     """The GPUs this machine (or container) shows: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's UUIDs."""
-    from rlft.localproc import visible_gpus as listed
+    from rlft_contracts.localproc import visible_gpus as listed
 
     gpus = listed()
     if gpus is None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rlft.cli import main
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 from rlft_contracts.settings import get_settings
 from tests.cli.conftest import letter_spec
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlft.cli import main
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 from rlft_contracts.settings import get_settings
 
 

@@ -15,7 +15,7 @@ from rlft.client import (
     NotFoundError,
     ValidationError,
 )
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 from tests.cli.conftest import DroppingProxy, StandInWorker, letter_spec
 
 pytestmark = pytest.mark.e2e

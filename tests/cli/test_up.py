@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 from tests.cli.conftest import processes_with_env
 from tests.support.waiting import wait_http
 

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from rlcore.testing import make_tiny_model
-from rlft.localproc import free_port
 from rlft.localstack import Child, LocalStack
+from rlft_contracts.localproc import free_port
 from tests.support.databases import redis_database, throwaway_database
 from tests.support.waiting import wait_until
 

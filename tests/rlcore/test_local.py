@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlft.localproc import free_port
 from rlft.localstack import LETTER_APP, LocalStack
+from rlft_contracts.localproc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

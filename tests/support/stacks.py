@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlft.localproc import free_port
 from rlft.localstack import LETTER_APP, LocalStack, stack_env
+from rlft_contracts.localproc import free_port
 from rlft_contracts.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

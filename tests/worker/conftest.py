@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlft.localproc import free_port
+from rlft_contracts.localproc import free_port
 
 
 class RecordingServer:
