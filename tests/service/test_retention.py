@@ -91,6 +91,17 @@ def write_checkpoint(root: Path, files: dict[str, bytes]) -> list[dict[str, Any]
     ]
 
 
+def running_job(http: httpx.Client, headers: dict, **policy: int) -> tuple[str, int, Any]:
+    """A job with the ``checkpoints`` policy, claimed by a worker over real HTTP: (id, fence, worker post)."""
+    jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=headers).json()["id"]
+    claimed = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER)
+
+    def post(job_id: str, what: str, **body: Any) -> httpx.Response:
+        return http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body, headers=WORKER)
+
+    return jid, claimed.json()["fence"], post
+
+
 def register(
     post: Any, jid: str, fence: int, root: Path, step: int, files: dict[str, bytes], **metrics: float
 ):
@@ -172,14 +183,7 @@ def test_without_a_policy_every_checkpoint_stays(
 def test_a_download_in_progress_is_not_cut(settings: Settings, alice: dict, tmp_path: Path) -> None:
     big = {"model/config.json": b"{}", "model/model.safetensors": hashlib.sha256(b"x").digest() * (1 << 20)}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        policy = {"keep_last": 1, "keep_best": 0}
-        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
-        fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
-            "fence"
-        ]
-
-        def post(job_id: str, what: str, **body: Any) -> httpx.Response:
-            return http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body, headers=WORKER)
+        jid, fence, post = running_job(http, alice, keep_last=1, keep_best=0)
 
         first = register(post, jid, fence, tmp_path / "s1", 1, big)
         got = bytearray()
@@ -213,14 +217,7 @@ def test_a_download_in_progress_is_not_cut(settings: Settings, alice: dict, tmp_
 def test_a_download_given_up_ends_its_lease(settings: Settings, alice: dict, tmp_path: Path) -> None:
     big = {"model/config.json": b"{}", "model/model.safetensors": b"w" * (32 << 20)}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        policy = {"keep_last": 1, "keep_best": 0}
-        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
-        fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
-            "fence"
-        ]
-
-        def post(job_id: str, what: str, **body: Any) -> httpx.Response:
-            return http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body, headers=WORKER)
+        jid, fence, post = running_job(http, alice, keep_last=1, keep_best=0)
 
         first = register(post, jid, fence, tmp_path / "s1", 1, big)
         with http.stream("GET", f"/v1/jobs/{jid}/checkpoints/{first}/archive", headers=alice) as resp:
@@ -321,14 +318,7 @@ def test_cli_download_best_loads_with_from_pretrained(
     }
     merged = {f"merged/{k[len('model/') :]}": v for k, v in weights.items()}
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        policy = {"keep_last": 1, "keep_best": 1}
-        jid = http.post("/v1/jobs", json=job_body(checkpoints=policy), headers=alice).json()["id"]
-        fence = http.post(f"/internal/v1/jobs/{jid}/claim", json={"worker_id": "w"}, headers=WORKER).json()[
-            "fence"
-        ]
-
-        def post(job_id: str, what: str, **body: Any) -> httpx.Response:
-            return http.post(f"/internal/v1/jobs/{job_id}/{what}", json=body, headers=WORKER)
+        jid, fence, post = running_job(http, alice, keep_last=1, keep_best=1)
 
         for step, reward in ((1, 0.2), (2, 0.9), (3, 0.1)):
             files = {**weights, **(merged if step == 2 else {})}
