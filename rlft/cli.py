@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlft import client as api
+from rlft.models_cli import add_models_commands
 
 # soft_wrap: an error stays one line (and an id one token) whatever the terminal's width.
 # Piped output is not cut to 80 columns: scripts and logs want whole lines.
@@ -581,6 +582,7 @@ def _parser() -> argparse.ArgumentParser:
     conn.add_argument("--api-key", help="a tenant key (default: $RLFT_API_KEY)")
     _add_stack_commands(sub)
     _add_job_commands(sub, conn)
+    add_models_commands(sub)
     return p
 
 

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from rlcore.checkpoint import list_checkpoints, step_dir_name
-from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
+from rlcore.modelpolicy import (
+    ModelForbidden,
+    check_gguf_inside,
+    check_model_source,
+    forbidden_dirs,
+    resolve_roots,
+)
 from rlcore.rewards.secrets import REWARD_HEADERS_ENV, Scrubber
 from rlcore.spec import split_header_secrets
 from rlft.localproc import free_port as _free_port
@@ -226,7 +232,9 @@ class Supervisor:
         for field in ("name_or_path", "value_name_or_path"):
             if model.get(field) is not None:
                 try:
-                    check_model_source(str(model[field]), f"model.{field}", roots, forbidden)
+                    path = check_model_source(str(model[field]), f"model.{field}", roots, forbidden)
+                    if path is not None and field == "name_or_path" and model.get("gguf_file"):
+                        check_gguf_inside(path, str(model["gguf_file"]), roots, forbidden)
                 except ModelForbidden as exc:
                     return exc.to_dict()
         return None
