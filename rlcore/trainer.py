@@ -325,8 +325,11 @@ class Trainer:
                 group=self.rank * len(self.local_rows) + i // G,
                 label=row.get("label"),
                 metadata=row.get("metadata") or {},
+                finish_reason="length" if cut else "stop",
             )
-            for i, (p, c, row) in enumerate(zip(rollout.prompts, rollout.completions, rows, strict=True))
+            for i, (p, c, row, cut) in enumerate(
+                zip(rollout.prompts, rollout.completions, rows, rollout.truncated.tolist(), strict=True)
+            )
         ]
         result = self.reward_log.lookup(step, items)
         replayed = result is not None
