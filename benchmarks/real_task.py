@@ -199,7 +199,48 @@ def peak_rss_gb() -> float:
 # ---- the two engines (each in its own process) -------------------------------------------------------------
 
 
-def run_rlft(args, model_dir: Path, train_rows, held) -> dict:
+class Record:
+    """What a run has measured so far, written to ``<out>/<engine>-seed<seed>.json`` after every step, so
+    that a run cut short (the time box of a shared machine) still reports its steps."""
+
+    def __init__(self, args):
+        self.args, self.started = args, time.perf_counter()
+        self.step_times: list[float] = []
+        self.rewards: list[float] = []
+        self.curve: dict[int, dict] = {}
+        self.path = Path(args.out) / f"{args.child}-seed{args.seed}.json"
+
+    def step(self, seconds: float, reward: float | None) -> None:
+        self.step_times.append(seconds)
+        if reward is not None:
+            self.rewards.append(reward)
+        self.save(partial=True)
+
+    def eval(self, step: int, result: dict) -> None:
+        self.curve[step] = result
+        print(f"{self.args.child} step {step}: {json.dumps(result)[:300]}", flush=True)
+        self.save(partial=True)
+
+    def save(self, partial: bool) -> None:
+        times = self.step_times
+        result = {
+            "engine": self.args.child,
+            "seed": self.args.seed,
+            "steps": len(times),
+            "steps_asked": self.args.steps,
+            "partial": partial,
+            "wall_s": time.perf_counter() - self.started,
+            "s_per_step": sum(times) / max(1, len(times)),
+            "peak_rss_gb": peak_rss_gb(),
+            "load": os.getloadavg(),
+            "step_times": times,
+            "train_reward": self.rewards,
+            "curve": self.curve,
+        }
+        self.path.write_text(json.dumps(result, indent=1))
+
+
+def run_rlft(args, model_dir: Path, train_rows, held, record: Record) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -208,19 +249,16 @@ def run_rlft(args, model_dir: Path, train_rows, held) -> dict:
     from rlcore.trainer import train
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    curve: dict[int, dict] = {}
-    step_times: list[float] = []
 
     class Probe(Callback):
         def on_step_end(self, step, metrics):
             if "time/step_s" in metrics:
-                step_times.append(metrics["time/step_s"])
+                record.step(metrics["time/step_s"], metrics.get("reward/mean"))
 
         def on_checkpoint(self, step, path, manifest):
             if step % args.eval_every == 0 or step == args.steps:
                 model = AutoModelForCausalLM.from_pretrained(Path(path) / "model", dtype=torch.float32)
-                curve[step] = evaluate(model, tok, held, HYPER["max_new_tokens"])
-                print(f"rlft step {step}: {json.dumps(curve[step])[:300]}", flush=True)
+                record.eval(step, evaluate(model, tok, held, HYPER["max_new_tokens"]))
 
     spec = JobSpec.model_validate(
         {
@@ -237,9 +275,7 @@ def run_rlft(args, model_dir: Path, train_rows, held) -> dict:
             },
         }
     )
-    started = time.perf_counter()
     train(spec, Path(args.out) / f"rlft-seed{args.seed}", callbacks=[Probe()], resume=False)
-    return {"wall_s": time.perf_counter() - started, "step_times": step_times, "curve": curve}
 
 
 def trl_reward(model_dir: Path):
@@ -281,7 +317,7 @@ def trl_reward(model_dir: Path):
     return reward
 
 
-def run_trl(args, model_dir: Path, train_rows, held) -> dict:
+def run_trl(args, model_dir: Path, train_rows, held, record: Record) -> None:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -290,20 +326,21 @@ def run_trl(args, model_dir: Path, train_rows, held) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    curve: dict[int, dict] = {}
-    step_times: list[float] = []
 
     class Probe(TrainerCallback):
+        reward: float | None = None
+
         def on_step_begin(self, a, state, control, **kw):
             self.t0 = time.perf_counter()
 
+        def on_log(self, a, state, control, logs=None, **kw):
+            self.reward = (logs or {}).get("reward", self.reward)
+
         def on_step_end(self, a, state, control, model=None, **kw):
-            step_times.append(time.perf_counter() - self.t0)
+            # the step's own log comes after on_step_end: the reward recorded is the previous step's
+            record.step(time.perf_counter() - self.t0, self.reward)
             if state.global_step % args.eval_every == 0 or state.global_step == args.steps:
-                curve[state.global_step] = evaluate(model, tok, held, HYPER["max_new_tokens"])
-                print(
-                    f"trl step {state.global_step}: {json.dumps(curve[state.global_step])[:300]}", flush=True
-                )
+                record.eval(state.global_step, evaluate(model, tok, held, HYPER["max_new_tokens"]))
 
     micro = HYPER["micro_batch_size"]
     per_step = HYPER["prompts_per_step"] * HYPER["group_size"]
@@ -344,10 +381,7 @@ def run_trl(args, model_dir: Path, train_rows, held) -> dict:
         processing_class=tok,
         callbacks=[Probe()],
     )
-    started = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - started
-    return {"wall_s": wall, "step_times": step_times, "curve": curve}
 
 
 def child(args) -> None:
@@ -357,22 +391,10 @@ def child(args) -> None:
     model_dir = Path(args.model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     train_rows, held = make_task(tok, args.task_seed, args.train_size, args.eval_size)
-    runner = run_rlft if args.child == "rlft" else run_trl
-    result = runner(args, model_dir, train_rows, held)
-    times = result["step_times"]
-    eval_steps = [s for s in result["curve"]]
-    result.update(
-        engine=args.child,
-        seed=args.seed,
-        steps=len(times),
-        s_per_step=sum(times) / max(1, len(times)),
-        peak_rss_gb=peak_rss_gb(),
-        eval_steps=eval_steps,
-        load=os.getloadavg(),
-    )
-    path = Path(args.out) / f"{args.child}-seed{args.seed}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}", flush=True)
+    record = Record(args)
+    (run_rlft if args.child == "rlft" else run_trl)(args, model_dir, train_rows, held, record)
+    record.save(partial=False)
+    print(f"wrote {record.path}", flush=True)
 
 
 # ---- the driver --------------------------------------------------------------------------------------------
@@ -392,6 +414,13 @@ def baseline(args, model_dir: Path) -> dict:
     result = evaluate(model, tok, held, HYPER["max_new_tokens"])
     path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rewards(run: dict) -> str:
+    xs = run.get("train_reward") or []
+    if not xs:
+        return "—"
+    return f"{sum(xs[:10]) / len(xs[:10]):.2f} / {sum(xs[-10:]) / len(xs[-10:]):.2f}"
 
 
 def _load(run: dict) -> str:
@@ -424,22 +453,25 @@ def write_section(args, base: dict) -> str:
         f"{base['first_answer']:.1%}, stopped {base['stopped']:.1%}, "
         f"mean length {base['length_mean']:.1f} tokens.",
         "",
-        "| engine | seed | steps | strict after | first answer after | stopped | curve (step: strict) "
-        "| wall (incl. eval) | s/step | peak RSS | load avg (1/5/15 min at the end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | seed | steps | strict (last eval) | first answer | stopped | curve (step: strict) "
+        "| train reward, first / last 10 steps | wall (incl. eval) | s/step | peak RSS "
+        "| load avg (1/5/15 min at the end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (engine, seed), r in sorted(runs.items()):
+        steps = f"{r['steps']}" + (f" of {r['steps_asked']} (cut short)" if r.get("partial") else "")
         last = r["curve"][str(max(int(s) for s in r["curve"]))] if r["curve"] else None
         curve = ", ".join(
             f"{s}: {v['strict']:.0%}" for s, v in sorted(r["curve"].items(), key=lambda x: int(x[0]))
         )
         lines.append(
-            f"| {engine} | {seed} | {r['steps']} | {last['strict']:.1%} | {last['first_answer']:.1%} "
-            f"| {last['stopped']:.0%} | 0: {base['strict']:.0%}, {curve} | {r['wall_s'] / 60:.1f} min "
+            f"| {engine} | {seed} | {steps} | {last['strict']:.1%} | {last['first_answer']:.1%} "
+            f"| {last['stopped']:.0%} | 0: {base['strict']:.0%}, {curve} | {_rewards(r)} "
+            f"| {r['wall_s'] / 60:.1f} min "
             f"| {r['s_per_step']:.1f} | {r['peak_rss_gb']:.2f} GB | {_load(r)} |"
             if last
-            else f"| {engine} | {seed} | {r['steps']} | — | — | — | — | {r['wall_s'] / 60:.1f} min "
-            f"| {r['s_per_step']:.1f} | {r['peak_rss_gb']:.2f} GB | — |"
+            else f"| {engine} | {seed} | {steps} | — | — | — | — | {_rewards(r)} "
+            f"| {r['wall_s'] / 60:.1f} min | {r['s_per_step']:.1f} | {r['peak_rss_gb']:.2f} GB | {_load(r)} |"
         )
     lines.append("")
     return "\n".join(lines)
@@ -464,7 +496,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--task-seed", type=int, default=1234)
-    p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--train-size", type=int, default=1000)  # = examples/data/addition_train.jsonl
     p.add_argument("--eval-size", type=int, default=200)
     p.add_argument("--model-dir", default=str(CACHE / "smollm2-hf"))
     p.add_argument("--wheel-dir", default=str(CACHE / "smollm2"))
@@ -472,6 +504,7 @@ def main() -> None:
     p.add_argument("--out", default=str(CACHE / "real_task"))
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     p.add_argument("--write-data", metavar="DIR", help="only write the task's JSONL files to DIR")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the section from --out")
     p.add_argument("--child", choices=("rlft", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -484,6 +517,9 @@ def main() -> None:
         return
     model_dir = prepare_model(Path(args.model_dir), Path(args.wheel_dir))
     base = baseline(args, model_dir)
+    if args.report_only:
+        update_benchmarks_md(write_section(args, base))
+        return
     print(f"baseline: {json.dumps(base)[:300]}", flush=True)
     for seed in args.seeds:
         for engine in args.engines:
