@@ -473,7 +473,19 @@ def write_section(args, base: dict) -> str:
             else f"| {engine} | {seed} | {steps} | — | — | — | — | {_rewards(r)} "
             f"| {r['wall_s'] / 60:.1f} min | {r['s_per_step']:.1f} | {r['peak_rss_gb']:.2f} GB | {_load(r)} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "How to read it: each engine runs in its own process, one after the other, on the same shared 2-core "
+        "machine (the load average is the machine's, other helpers' tests included). *s/step* is rollout + "
+        "reward + update (this engine's `time/step_s`; TRL's from `on_step_begin` to `on_step_end`), without "
+        "evaluation; *wall* includes model loading, evaluation and, for this engine, checkpoints (one every "
+        "evaluation). *Peak RSS* is the process's `ru_maxrss`, evaluation included. TRL runs at its defaults "
+        "beyond the shared hyperparameters, so with activation (gradient) checkpointing on (`GRPOConfig` "
+        "default) and `model.generate` for sampling; this engine has no activation checkpointing and samples "
+        "with its own KV-cache sampler. The same greedy evaluator (`model.generate`, batches of 50) scores "
+        "both. *Train reward* is the mean reward of the training completions (TRL: as logged a step before).",
+        "",
+    ]
     return "\n".join(lines)
 
 
