@@ -76,3 +76,29 @@ def test_the_trainer_tells_the_reward_how_each_completion_ended(tmp_path, tiny_m
     assert {f for _, f in seen} <= {"stop", "length"}
     # A random model over 259 tokens almost never emits its EOS within 3 tokens: most replies are cut.
     assert sum(f == "length" for _, f in seen) >= 12
+
+
+def test_the_smollm2_example_rewards_are_the_benchmarks_and_score_as_documented() -> None:
+    """examples/specs/grpo_arithmetic_smollm2.yaml and benchmarks/real_task.py share one reward design."""
+    from pathlib import Path
+
+    import yaml
+
+    from benchmarks.real_task import REWARDS
+
+    example = Path(__file__).parents[2] / "examples/specs/grpo_arithmetic_smollm2.yaml"
+    assert yaml.safe_load(example.read_text())["rewards"] == REWARDS
+    scorer = make_job_scorer(_spec(REWARDS))
+    replies = ["12 + 30 = 42\nAnswer: 42", "Answer: 42\nAnswer: 43", "Answer: 41", "12 + 30 = 42"]
+    replies.append("Answer: 42")
+    finish = ["stop", "stop", "stop", "stop", "length"]
+    items = [
+        RewardItem(id=f"1-0-{i}", prompt="p", completion=c, group=0, label="42", finish_reason=f)
+        for i, (c, f) in enumerate(zip(replies, finish, strict=True))
+    ]
+    try:
+        rewards = scorer.score(1, items).rewards
+    finally:
+        scorer.close()
+    # right and clean; two answer lines (the last one wrong); one wrong answer; no answer; cut at the limit
+    assert rewards == pytest.approx([1.0, 0.0, 0.2, 0.0, 0.0])
