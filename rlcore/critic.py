@@ -19,6 +19,7 @@ Checkpoints hold ``value_model/``: the backbone directory (full weights) or the 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -146,7 +147,12 @@ def load_critic(spec: JobSpec, policy: nn.Module, dtype: torch.dtype, resume_dir
         critic = SeparateCritic(backbone, ValueHead(hidden_size, dtype))
     else:
         source = str(saved) if saved else (spec.model.value_name_or_path or spec.model.name_or_path)
-        critic = SeparateCritic(_load_backbone(source, None, dtype), ValueHead(hidden_size, dtype))
+        if source == spec.model.name_or_path and spec.model.gguf_file:
+            # a GGUF file holds a causal LM: the value backbone is a copy of the freshly loaded policy's
+            backbone = copy.deepcopy(policy.base_model).to(dtype)
+        else:
+            backbone = _load_backbone(source, None, dtype)
+        critic = SeparateCritic(backbone, ValueHead(hidden_size, dtype))
         if saved is None and (Path(source) / VALUE_HEAD_FILE).exists():
             saved = Path(source)  # a trained critic (an earlier checkpoint's value_model/) keeps its head
     if saved is not None:

@@ -122,11 +122,13 @@ class Evaluator:
 
     # ---- generate, score -----------------------------------------------------------------------------------
 
-    def _complete(self, model, step: int, indices: list[int]) -> tuple[list[str], list[str], list[int]]:
-        """Prompts, completions and completion lengths (tokens), k consecutive ones per prompt."""
+    def _complete(self, model, step: int, indices: list[int]):
+        """Prompts, completions, completion lengths (tokens) and whether each was cut at max_new_tokens, k
+        consecutive ones per prompt."""
         prompts = [self.prompts[i] for i in indices for _ in range(self.k)]
         completions: list[str] = []
         lengths: list[int] = []
+        truncated: list[bool] = []
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # the training stream is untouched afterwards
             torch.manual_seed(self.hp.seed * _SEED_STRIDE + step * 64 + self.rank)
@@ -143,13 +145,14 @@ class Evaluator:
                 )
                 completions += rollout.completions
                 lengths += rollout.response_mask.sum(dim=1).tolist()
-        return prompts, completions, lengths
+                truncated += rollout.truncated.tolist()
+        return prompts, completions, lengths, truncated
 
     def _score(self, completed, step: int, indices: list[int]) -> list[dict[str, Any]]:
         """Per prompt: its global index (``group``), the k rewards, lengths, components and sample records."""
-        prompts, completions, lengths = completed
+        prompts, completions, lengths, truncated = completed
         rows = [self.rows[i] for i in indices]
-        items = reward_items(f"{SPLIT}-{step}", prompts, completions, rows, indices)
+        items = reward_items(f"{SPLIT}-{step}", prompts, completions, rows, indices, truncated)
         scored = score_items(self.scorer, self.reward_log, step, items, self.k)
         records = scored.samples(len(items), split=SPLIT)
         k, result = self.k, scored.result

@@ -5,7 +5,8 @@ directory under a root the operator exposed (``RLFT_MODEL_ROOTS``). Anything els
 a worker read whatever the worker can read: another tenant's checkpoint in the artifact store, the worker's
 own job directories, secrets under its data directory.
 
-Rules for ``model.name_or_path`` and ``model.value_name_or_path``, in order:
+Rules for ``model.name_or_path`` and ``model.value_name_or_path``, in order (``model.gguf_file``, a file
+name inside ``model.name_or_path``, must resolve inside the same roots too, so a symlink cannot lead out):
   - the shape of a hub id (``name`` or ``org/name``, ``rlcore.spec.is_hub_id``): allowed; the worker loads
     it in an empty working directory, so a local directory of that name can never stand in for it;
   - an absolute path that, with symlinks and ``..`` resolved, lies in a model root and outside every
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rlcore.errors import ErrorCode, RLFTError
+from rlcore.gguf import is_gguf_file
 from rlcore.spec import is_hub_id
 
 FORBIDDEN_MESSAGE = (
@@ -77,8 +79,26 @@ def check_model_source(
     return path
 
 
-def check_loadable(path: Path, value: str, field: str) -> None:
-    """Raise ``ModelNotLoadable`` unless ``path`` (already allowed) holds a Hugging Face ``config.json``."""
+def check_gguf_inside(path: Path, gguf_file: str, roots: Sequence[Path], forbidden: Sequence[Path]) -> None:
+    """``model.gguf_file`` in the allowed directory ``path`` must not lead out of it through a symlink."""
+    try:
+        target = (path / gguf_file).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelForbidden("model.gguf_file") from exc
+    if not any(_inside(target, root) for root in roots) or any(_inside(target, f) for f in forbidden):
+        raise ModelForbidden("model.gguf_file")
+
+
+def check_loadable(path: Path, value: str, field: str, gguf_file: str | None = None) -> None:
+    """Raise ``ModelNotLoadable`` unless ``path`` (already allowed) holds a Hugging Face ``config.json``,
+    or, with ``gguf_file``, a GGUF file of that name."""
+    if gguf_file is not None:
+        if not is_gguf_file(path / gguf_file):
+            raise ModelNotLoadable(
+                f"model.gguf_file {gguf_file!r} is not a GGUF file in {value!r}: give the name of a .gguf "
+                "file in that directory"
+            )
+        return
     if not (path / "config.json").is_file():
         raise ModelNotLoadable(
             f"{field} {value!r} is under a model root but is not a Hugging Face model directory "

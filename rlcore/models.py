@@ -10,6 +10,7 @@ from torch import nn
 
 from rlcore.critic import load_critic
 from rlcore.errors import ConfigError, ModelLoadError
+from rlcore.gguf import load_gguf_causal_lm
 from rlcore.spec import JobSpec, ModelSpec
 
 
@@ -36,8 +37,9 @@ def load_tokenizer(spec: ModelSpec):
 
     _require_source(spec)
 
+    extra = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
-        tok = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
+        tok = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision, **extra)
     except Exception as e:  # transformers raises OSError, ValueError, HFValidationError, …
         raise ModelLoadError(f"could not load the tokenizer of {spec.name_or_path!r}: {e}") from e
     tok.padding_side = "left"  # decoder-only generation needs the prompt flush against the completion
@@ -48,9 +50,13 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_causal_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> nn.Module:
+def load_causal_lm(
+    name_or_path: str, revision: str | None, dtype: torch.dtype, gguf_file: str | None = None
+) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    if gguf_file:
+        return load_gguf_causal_lm(name_or_path, gguf_file, revision, dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype)
     except Exception as e:
@@ -103,7 +109,7 @@ def load_models(spec: JobSpec, device: torch.device, mixed_bf16: bool, resume_di
     if resume_dir is not None and model.lora is None:
         policy = load_causal_lm(str(resume_dir / "model"), None, dtype)
     else:
-        policy = load_causal_lm(model.name_or_path, model.revision, dtype)
+        policy = load_causal_lm(model.name_or_path, model.revision, dtype, model.gguf_file)
     if model.lora is not None:
         if resume_dir is not None:
             from peft import PeftModel
@@ -118,6 +124,8 @@ def load_models(spec: JobSpec, device: torch.device, mixed_bf16: bool, resume_di
         else:
             ref_dtype = torch.bfloat16 if mixed_bf16 else dtype
             reference = Reference(
-                freeze(load_causal_lm(model.name_or_path, model.revision, ref_dtype)).to(device)
+                freeze(load_causal_lm(model.name_or_path, model.revision, ref_dtype, model.gguf_file)).to(
+                    device
+                )
             )
     return policy, reference, load_critic(spec, policy, dtype, resume_dir)

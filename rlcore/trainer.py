@@ -361,7 +361,14 @@ class Trainer:
         step = self.state.step + 1
         first = self.rank * len(self.local_rows)
         groups = range(first, first + len(self.local_rows))
-        items = reward_items(str(step), rollout.prompts, rollout.completions, self.local_rows, groups)
+        items = reward_items(
+            str(step),
+            rollout.prompts,
+            rollout.completions,
+            self.local_rows,
+            groups,
+            rollout.truncated.tolist(),
+        )
         scored = score_items(self.scorer, self.reward_log, step, items, self.hp.group_size, self._gather)
         scored.scores, scored.keep = scored.scores.to(self.acc.device), scored.keep.to(self.acc.device)
         return scored

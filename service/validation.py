@@ -12,6 +12,7 @@ from rlcore.jsonl import read_rows
 from rlcore.modelpolicy import (
     ModelForbidden,
     ModelNotLoadable,
+    check_gguf_inside,
     check_loadable,
     check_model_source,
     forbidden_dirs,
@@ -120,12 +121,17 @@ def check_model(session: Session, tenant: Tenant, spec: JobSpec, settings: Setti
     ):
         if value is None:
             continue
+        gguf_file = model.gguf_file if field == "model.name_or_path" else None
         try:
             path = check_model_source(value, field, roots, forbidden)
             if path is not None:
-                check_loadable(path, value, field)
+                if gguf_file is not None:
+                    check_gguf_inside(path, gguf_file, roots, forbidden)
+                check_loadable(path, value, field, gguf_file)
         except (ModelForbidden, ModelNotLoadable) as e:
-            raise Invalid(e.message, field=field, code=e.code) from e
+            raise Invalid(
+                e.message, field=e.field if isinstance(e, ModelForbidden) else field, code=e.code
+            ) from e
 
 
 def checkpoint_model_dir(ckpt: Checkpoint) -> str | None:

@@ -33,7 +33,13 @@ from typing import Any
 from rlcore.checkpoint import list_checkpoints
 from rlcore.errors import ErrorCode
 from rlcore.layout import checkpoint_root, rewards_dir, rewards_location, step_dir_name, step_of
-from rlcore.modelpolicy import ModelForbidden, check_model_source, forbidden_dirs, resolve_roots
+from rlcore.modelpolicy import (
+    ModelForbidden,
+    check_gguf_inside,
+    check_model_source,
+    forbidden_dirs,
+    resolve_roots,
+)
 from rlcore.rewards.secrets import Scrubber
 from rlcore.rewards.urlpolicy import RewardURLPolicy
 from rlcore.spec import split_header_secrets
@@ -209,7 +215,9 @@ class Supervisor:
         for field in ("name_or_path", "value_name_or_path"):
             if model.get(field) is not None:
                 try:
-                    check_model_source(str(model[field]), f"model.{field}", roots, forbidden)
+                    path = check_model_source(str(model[field]), f"model.{field}", roots, forbidden)
+                    if path is not None and field == "name_or_path" and model.get("gguf_file"):
+                        check_gguf_inside(path, str(model["gguf_file"]), roots, forbidden)
                 except ModelForbidden as exc:
                     return exc.to_dict()
         return None

@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from rlcore.errors import RewardInvalid
 
 OnError = Literal["fail", "skip_sample", "zero"]
+# How a completion ended: by itself (an EOS token) or cut at max_new_tokens (OpenAI's finish_reason values).
+FinishReason = Literal["stop", "length"]
 
 METRIC_P50 = "reward_endpoint/latency_p50_ms"
 METRIC_P95 = "reward_endpoint/latency_p95_ms"
@@ -33,6 +35,7 @@ class RewardItem:
     group: int
     label: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    finish_reason: FinishReason = "stop"
 
 
 @dataclass

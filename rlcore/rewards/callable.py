@@ -84,6 +84,7 @@ class CallableReward:
                 labels=[i.label for i in items],
                 metadata=[i.metadata for i in items],
                 groups=[i.group for i in items],
+                finish_reasons=[i.finish_reason for i in items],
             )
         except Exception as exc:  # the user's code: any failure is a reward failure, reported with its type
             raise RewardInvalid(f"reward function {self.name} raised {type(exc).__name__}: {exc}") from exc

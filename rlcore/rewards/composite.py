@@ -7,7 +7,9 @@ all score the step at once, HTTP entries waiting on their endpoints while grader
   OpenRLHF ``extra_logs``) come along as ``<name>/<part>``;
 - an entry that drops the item (``on_error: skip_sample``) drops it from the total too; ``zero`` scores the
   component 0; ``fail`` fails the step, as for a single endpoint;
-- item errors are joined, each prefixed with its entry's name.
+- item errors are joined, each prefixed with its entry's name;
+- an entry with ``truncated_score`` gives that value to an item cut at max_new_tokens (``finish_reason``
+  "length") in place of its score (TRL's ``mask_truncated_completions``, as a reward a spec can weigh).
 
 Metrics keep each endpoint's own ``reward_endpoint/<name>/...`` namespace.
 """
@@ -59,6 +61,8 @@ class CompositeScorer:
             errors: list[str] = []
             for (entry, _), result in zip(self.entries, outcomes, strict=True):
                 value = result.rewards[i]
+                if entry.truncated_score is not None and items[i].finish_reason == "length":
+                    value = entry.truncated_score
                 if result.errors[i] is not None:
                     errors.append(f"{entry.name}: {result.errors[i]}")
                 if value is None:

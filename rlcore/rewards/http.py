@@ -307,7 +307,7 @@ def idempotency_key(prefix: str, step: int, n: int, batch: list[RewardItem]) -> 
     for item in batch:
         h.update(
             json.dumps(
-                [item.id, item.prompt, item.completion, item.label, item.metadata],
+                [item.id, item.prompt, item.completion, item.label, item.metadata, item.finish_reason],
                 default=str,
                 sort_keys=True,
             ).encode()

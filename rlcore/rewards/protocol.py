@@ -3,7 +3,7 @@
 ``rlft.reward.v1``::
 
     → {"protocol": "rlft.reward.v1", "job_id", "step", "request_id",
-       "items": [{"id", "prompt", "completion", "group", "label", "metadata"}]}
+       "items": [{"id", "prompt", "completion", "group", "label", "metadata", "finish_reason"}]}
     ← {"items": [{"id", "reward", "components": {...} | null, "error": null | "..."}]}
     ← or {"rewards": [0.75, ...]}  (request order)
 
@@ -57,6 +57,7 @@ def request_body(protocol: str, job_id: str, step: int, request_id: str, batch: 
                 "group": i.group,
                 "label": i.label,
                 "metadata": i.metadata,
+                "finish_reason": i.finish_reason,
             }
             for i in batch
         ],

@@ -53,9 +53,11 @@ def reward_items(
     completions: Sequence[str],
     rows: Sequence[dict[str, Any]],
     groups: Sequence[int],
+    truncated: Sequence[bool],
 ) -> list[RewardItem]:
     """One item per completion, G = len(completions) / len(rows) consecutive ones per row; ``groups`` numbers
-    the rows (across ranks), ids read ``<prefix>-<group>-<i>``."""
+    the rows (across ranks), ids read ``<prefix>-<group>-<i>``; ``truncated``: which completions were cut at
+    max_new_tokens (``finish_reason`` "length") rather than ended by the model ("stop")."""
     G = len(completions) // max(1, len(rows))
     expanded = [r for r in rows for _ in range(G)]
     return [
@@ -66,8 +68,9 @@ def reward_items(
             group=groups[i // G],
             label=row.get("label"),
             metadata=row.get("metadata") or {},
+            finish_reason="length" if cut else "stop",
         )
-        for i, (p, c, row) in enumerate(zip(prompts, completions, expanded, strict=True))
+        for i, (p, c, row, cut) in enumerate(zip(prompts, completions, expanded, truncated, strict=True))
     ]
 
 

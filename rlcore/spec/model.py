@@ -61,6 +61,12 @@ class ModelSpec(_Frozen):
         None, description="PPO only: where to initialise the value model from (default: the policy)."
     )
     merge_lora_on_save: bool = Field(False, description="With LoRA, also save a merged model at the end.")
+    gguf_file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="A GGUF file (llama.cpp, Ollama) inside name_or_path, by file name: loaded dequantised.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -69,6 +75,16 @@ class ModelSpec(_Frozen):
                 "give exactly one of model.name_or_path (a hub id or a directory) "
                 "or model.checkpoint (the id of one of your checkpoints)"
             )
+        if self.gguf_file is not None:
+            if self.name_or_path is None:
+                raise ValueError(
+                    "model.gguf_file names a file inside model.name_or_path: give that directory"
+                )
+            if any(c in self.gguf_file for c in "/\\\0") or self.gguf_file in (".", ".."):
+                raise ValueError(
+                    "model.gguf_file must be a file name inside model.name_or_path, without a directory "
+                    "(for example model.gguf)"
+                )
         return self
 
 

@@ -127,6 +127,13 @@ class _Entry(_Frozen):
     on_error: Literal["fail", "skip_sample", "zero"] = Field(
         "fail", description="What a per-item error does: fail the job, drop the sample, or score it 0."
     )
+    truncated_score: float | None = Field(
+        None,
+        ge=-1e6,
+        le=1e6,
+        description="The value of this component for a completion cut at max_new_tokens (finish_reason "
+        "'length'), whatever it holds: e.g. 0 so that a right answer counts only in a reply that stopped.",
+    )
 
 
 class HTTPRewardEntry(RewardSpec, _Entry):

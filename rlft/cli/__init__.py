@@ -16,6 +16,7 @@ from rlft import client as api
 from rlft.cli.admin import add_admin_commands
 from rlft.cli.common import CLIError, err, explain
 from rlft.cli.jobs import add_job_commands
+from rlft.cli.models import add_models_commands
 from rlft.cli.stack import add_stack_commands
 
 __all__ = ["CLIError", "main", "parser"]
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     add_stack_commands(sub)
     add_admin_commands(sub)
     add_job_commands(sub, conn)
+    add_models_commands(sub)
     return p
 
 

@@ -91,7 +91,15 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
         body = r["body"]
         assert set(body) == {"protocol", "job_id", "step", "request_id", "items"}
         assert (body["protocol"], body["job_id"], body["step"]) == ("rlft.reward.v1", "job-1", 5)
-        assert set(body["items"][0]) == {"id", "prompt", "completion", "group", "label", "metadata"}
+        assert set(body["items"][0]) == {
+            "id",
+            "prompt",
+            "completion",
+            "group",
+            "label",
+            "metadata",
+            "finish_reason",
+        }
     first = next(r for r in seen if r["headers"]["idempotency-key"].startswith("job-1:5:0:"))["body"][
         "items"
     ][0]
@@ -102,6 +110,7 @@ def test_batches_carry_protocol_body_headers_and_idempotency_keys(server: Runnin
         "group": 0,
         "label": "a",
         "metadata": {"row": 0},
+        "finish_reason": "stop",
     }
     assert result.metrics["reward_endpoint/requests"] == 3
     assert result.metrics["reward_endpoint/retries"] == 0

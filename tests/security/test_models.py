@@ -319,3 +319,26 @@ def test_a_checkpoint_listing_does_not_disclose_where_the_store_keeps_it(client,
     listed = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=alice).json()["data"]
     assert len(listed) == 1 and "location" not in listed[0]
     assert "secret-layout" not in json.dumps(listed)
+
+
+def test_a_gguf_file_must_be_a_gguf_file_inside_the_model_root(rooted, tmp_path: Path) -> None:
+    """``model.gguf_file`` (issue 15) names a file in ``model.name_or_path``; a symlink out of the root is
+    the one refusal, a file that is not GGUF is said plainly."""
+    client, alice, _, root = rooted
+    model_dir = root / "smol"
+    model_dir.mkdir()
+    (model_dir / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")  # the service reads only the magic
+    (model_dir / "notes.txt").write_text("not a model")
+    outside = tmp_path / "outside.gguf"
+    outside.write_bytes(b"GGUF\x03\x00\x00\x00")
+    (model_dir / "link.gguf").symlink_to(outside)
+    ok = create_job(client, alice, model={"name_or_path": str(model_dir), "gguf_file": "model.gguf"})
+    assert ok["model"] == str(model_dir)
+    linked = _refusal(client, alice, {"name_or_path": str(model_dir), "gguf_file": "link.gguf"})
+    assert linked["code"] == FORBIDDEN and linked["field"] == "model.gguf_file"
+    for name in ("notes.txt", "missing.gguf"):
+        bad = _refusal(client, alice, {"name_or_path": str(model_dir), "gguf_file": name})
+        assert bad["code"] == "model_not_loadable" and "not a GGUF file" in bad["message"]
+    body = job_body(model={"name_or_path": str(model_dir), "gguf_file": "../smol/model.gguf"})
+    escape = client.post("/v1/jobs", json=body, headers=alice)
+    assert escape.status_code == 422 and "without a directory" in escape.text
