@@ -47,24 +47,65 @@ def shard(model: nn.Module, mixed_bf16: bool = False) -> nn.Module:
             fully_shard(m, mp_policy=mp)
         if hasattr(m, "generate") and hasattr(m, "config"):
             m._is_fsdp_managed_module = True  # transformers' generate() then keeps the ranks in step
-    fully_shard(model, mp_policy=mp)
+    units = _outer_hf_models(model)
+    for m in units:
+        fully_shard(m, mp_policy=mp)
+    covered = {id(p) for m in units for p in m.parameters()}
+    if not units or any(id(p) not in covered for p in model.parameters()):
+        fully_shard(model, mp_policy=mp)  # a critic's head besides its backbone: the wrapper is the root
     return model
 
 
-def is_sharded(model: nn.Module | None) -> bool:
+def _outer_hf_models(model: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face models strictly inside ``model`` (a PEFT wrapper's causal LM, a critic's
+    backbone): each its own FSDP unit, so that its weights are gathered whenever it runs, also when
+    ``generate()`` calls it past the wrapper's forward. A wrapper without weights of its own (PEFT's) is
+    not sharded itself: its causal LM is the root. Never one inside another (the causal LM's inner model):
+    tied embeddings and head must stay in one unit."""
+    from transformers import PreTrainedModel
+
+    chosen: list[str] = []
+    found = []
+    for name, m in model.named_modules():
+        if not name or not isinstance(m, PreTrainedModel):
+            continue
+        if any(name.startswith(c + ".") for c in chosen):
+            continue
+        chosen.append(name)
+        found.append(m)
+    return found if not isinstance(model, PreTrainedModel) else []
+
+
+def _roots(model: nn.Module | None) -> list[nn.Module]:
+    """The outermost FSDP modules of ``model`` (itself, or a PEFT wrapper's causal LM)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    if model is None:
+        return []
+    if isinstance(model, FSDPModule):
+        return [model]
+    roots: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, FSDPModule) and not any(m in set(r.modules()) for r in roots):
+            roots.append(m)
+    return roots
+
+
+def is_sharded(model: nn.Module | None) -> bool:
+    return bool(_roots(model))
 
 
 @contextlib.contextmanager
 def no_gradient_sync(model: nn.Module):
     """No reduce-scatter of gradients in this backward (the micro-batches before the last of a minibatch)."""
-    model.set_requires_gradient_sync(False)
+    roots = _roots(model)
+    for r in roots:
+        r.set_requires_gradient_sync(False)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        for r in roots:
+            r.set_requires_gradient_sync(True)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,13 +180,16 @@ def enable_gradient_checkpointing(*models: nn.Module | None) -> None:
     """Hugging Face's gradient checkpointing on each Hugging Face model inside ``models`` (the policy, a
     separate critic's backbone); non-reentrant, so LoRA's frozen inputs need no special care. It acts in
     training mode only: generation (eval mode) keeps its KV cache."""
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    kwargs = {"use_reentrant": False}
     for model in models:
         if model is None:
             continue
         for m in model.modules():
             if getattr(m, "supports_gradient_checkpointing", False):
-                m.gradient_checkpointing_enable(**kwargs)
+                if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                    m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                else:
+                    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
                 break  # the outermost Hugging Face model sets it for its layers
 
 
@@ -242,5 +286,14 @@ def load_optimizer(directory: Path, acc, optimizer, scheduler, *, fsdp: bool) ->
 
     if fsdp:
         load_optimizer_shard(directory, optimizer, scheduler, acc.process_index, acc.num_processes)
+    elif not (directory / ckpt.OPTIMIZER_FILE).is_file() and (directory / SHARD_DIR).is_dir():
+        from rlcore.errors import ErrorCode, RLFTError
+
+        raise RLFTError(
+            f"checkpoint {directory.name} was written under resources.strategy 'fsdp' (its optimizer state "
+            "is sharded by rank): resume it with strategy 'fsdp' and the resources.gpus it was written "
+            "with, or start a new job from its model/ directory",
+            code=ErrorCode.CHECKPOINT_INVALID,
+        )
     else:
         ckpt.load_optimizer_state(directory, optimizer, scheduler)

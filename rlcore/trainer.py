@@ -164,16 +164,16 @@ class Trainer:
         rows = load_eval_rows(self.spec.evaluation)
         if warning := overlap_warning(rows, self.rows):
             self._event("warning", *warning)
-        directory = rewards_dir(self.output_dir)
         return Evaluator(
             self.spec,
             rows,
             self.tokenizer,
             self.scorer,
-            directory,
+            rewards_dir(self.output_dir),
             rank=self.rank,
             world=self.world,
             gather=self._gather,
+            synced=self.fsdp,  # sharded weights: every rank runs the same generate() calls
         )
 
     def _load_models(self) -> None:

@@ -4,9 +4,9 @@ the policy's (and critic's) full weights to ``out/weights.pt`` and each rank wri
 what it held (its parameters' local elements, the world size, its peak RSS).
 
 Cases: grpo (the equivalence run: every rank samples the whole global batch with one seed per step and
-keeps its share, so one process and two ranks train on the same samples), ppo, ppo-shared, lora,
-lora (with gradient checkpointing), resume-a (4 steps), resume-b (2 steps, stopped with a checkpoint, then a
-new trainer resumes to 4).
+keeps its share, so one process and two ranks train on the same samples), ppo, ppo-shared, lora (with
+gradient checkpointing), ppo-lora, grpo-eval (an uneven held-out split), resume-a (4 steps), resume-b (2
+steps, stopped with a checkpoint, then a new trainer resumes to 4).
 """
 
 import json
@@ -48,6 +48,8 @@ algorithm = "grpo"
 if case.startswith("ppo"):
     algorithm, reward = "ppo", dense_reward
     hp.update(group_size=1, prompts_per_step=4, value_model="shared" if case == "ppo-shared" else "separate")
+if case == "ppo-lora":
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 if case == "lora":
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 if case.startswith("resume"):
@@ -58,6 +60,9 @@ spec_dict = letter_spec(
     {"name_or_path": model_path, "lora": lora}, algorithm=algorithm, prompts=PROMPTS, gpus=2, **hp
 )
 spec_dict["resources"]["strategy"] = strategy
+if case == "grpo-eval":  # 5 prompts over 2 ranks: 3 and 2, so unequal generate() calls unless synced
+    rows = [{"prompt": p} for p in ("Tell me:", "Reply now:", "Once more:", "Again:", "Last:")]
+    spec_dict["evaluation"] = {"dataset": {"rows": rows}, "every_steps": 2, "samples_per_prompt": 2}
 spec = JobSpec.model_validate(spec_dict)
 
 
