@@ -216,7 +216,9 @@ def load_and_place(acc, spec, resume_dir: Path | None, *, fsdp: bool, mixed_bf16
 
     hp = spec.hyperparameters
     tokenizer = load_tokenizer(spec.model)
-    policy, reference, value = load_models(spec, acc.device, mixed_bf16, resume_dir)
+    # Under FSDP the models stay on the CPU until sharded: fully_shard moves each rank's shards to its device.
+    device = torch.device("cpu") if fsdp else acc.device
+    policy, reference, value = load_models(spec, device, mixed_bf16, resume_dir)
     if hp.gradient_checkpointing:
         enable_gradient_checkpointing(policy, value)
     if fsdp:
