@@ -16,7 +16,9 @@ GPU (weights load in float32 and train under bf16 autocast; the frozen reference
 Left out: activations and logits (batch x sequence dependent; gradient checkpointing cuts the activations
 to one layer's), generation's KV cache, the CUDA context (~0.5 GiB) and allocator slack.
 
-Usage: python benchmarks/memory_table.py [--ranks 2 8] [--measure]
+Usage: python benchmarks/memory_table.py [--ranks 2 8] [--measure [--size small]]. ``--measure`` runs two
+ranks under ``accelerate launch``: GPUs when CUDA is available (benchmarks/gpu_check.sh does so on two or
+more), else CPU processes with gloo.
 """
 
 from __future__ import annotations
@@ -135,9 +137,12 @@ def _spec(model: str, strategy: str, algorithm: str):
     )
 
 
-def rank_child(out: Path, strategy: str, algorithm: str) -> None:
-    """One rank: two steps, then what it holds (parameters, optimizer state, reference) and its peak RSS."""
+def rank_child(out: Path, strategy: str, algorithm: str, size: str) -> None:
+    """One rank: two steps, then what it holds (parameters, optimizer state, reference), its peak RSS and,
+    on a GPU, its peak GPU memory."""
     import resource
+
+    import torch
 
     from rlcore.testing import make_tiny_model
     from rlcore.trainer import Trainer
@@ -145,7 +150,7 @@ def rank_child(out: Path, strategy: str, algorithm: str) -> None:
     def local_bytes(tensors) -> int:
         return sum((t.to_local() if hasattr(t, "to_local") else t).nbytes for t in tensors)
 
-    model = str(make_tiny_model(WORK / "model-small", "small"))
+    model = str(make_tiny_model(WORK / f"model-{size}", size))
     trainer = Trainer(
         _spec(model, strategy, algorithm),
         out / "run",
@@ -161,18 +166,20 @@ def rank_child(out: Path, strategy: str, algorithm: str) -> None:
         "optimizer_bytes": local_bytes(state),
         "reference_bytes": local_bytes(ref.parameters()) if ref is not None else 0,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
     }
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(info))
     trainer.close()
 
 
-def measure() -> str:
+def measure(size: str) -> str:
+    """ddp and fsdp, GRPO and PPO, on two ranks: CPU processes (gloo) or, on a machine with two GPUs, GPUs."""
     from rlcore.testing import SIZES
 
     rows = [
         "| model | job | strategy | policy / rank | optimizer / rank | reference / rank | critic / rank "
-        "| peak RSS / rank |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak RSS / rank | peak GPU / rank |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for algorithm in ("grpo", "ppo"):
@@ -188,17 +195,21 @@ def measure() -> str:
                 "2",
             ]
             launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-            cmd = [*launch, __file__, "--rank-child", str(out), strategy, algorithm]
-            subprocess.run(cmd, check=True, env=env, capture_output=True)
+            cmd = [*launch, __file__, "--size", size, "--rank-child", str(out), strategy, algorithm]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append(f"| {size} | {algorithm} | {strategy} | failed: {proc.stderr[-300:]!r} |")
+                continue
             ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
             def cell(key: str, ranks=ranks) -> str:
-                scale = 1 if key == "peak_rss_mib" else 1 / 2**20
+                scale = 1 if key.endswith("_mib") else 1 / 2**20
                 return " / ".join(f"{r[key] * scale:.2f}" for r in ranks)
 
             parts = ("policy_bytes", "optimizer_bytes", "reference_bytes", "critic_bytes", "peak_rss_mib")
+            parts += ("peak_gpu_mib",)
             rows.append(
-                f"| small ({SIZES['small']['num_hidden_layers']} layers) | {algorithm} | {strategy} | "
+                f"| {size} ({SIZES[size]['num_hidden_layers']} layers) | {algorithm} | {strategy} | "
                 + " | ".join(cell(k) for k in parts)
                 + " |"
             )
@@ -208,18 +219,19 @@ def measure() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 8], help="fsdp world sizes to tabulate")
-    p.add_argument("--measure", action="store_true", help="also run ddp and fsdp on two CPU ranks")
+    p.add_argument("--measure", action="store_true", help="also run ddp and fsdp on two ranks")
+    p.add_argument("--size", default="small", help="the test model measured (rlcore.testing.SIZES)")
     p.add_argument("--rank-child", nargs=3, metavar=("OUT", "STRATEGY", "ALGORITHM"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rank_child:
         out, strategy, algorithm = args.rank_child
-        rank_child(Path(out), strategy, algorithm)
+        rank_child(Path(out), strategy, algorithm, args.size)
         return 0
     print("Estimated GiB per GPU (full fine-tune; see the formula in benchmarks/memory_table.py):\n")
     print(table(args.ranks))
     if args.measure:
-        print("\nMeasured on two CPU ranks (gloo), float32:\n")
-        print(measure())
+        print("\nMeasured on two ranks:\n")
+        print(measure(args.size))
     return 0
 
 
