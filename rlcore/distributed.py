@@ -32,8 +32,11 @@ def _layer_class_names(model: nn.Module) -> set[str]:
     return names
 
 
-def shard(model: nn.Module, mixed_bf16: bool = False) -> nn.Module:
-    """``fully_shard`` each decoder layer of ``model``, then ``model`` itself (in place); returns it."""
+def shard(model: nn.Module, mixed_bf16: bool = False, *, frozen: bool = False) -> nn.Module:
+    """``fully_shard`` each decoder layer of ``model``, then ``model`` itself (in place); returns it.
+
+    FSDP keeps the root's weights (embeddings, head) gathered after a forward, for the backward that
+    usually follows; a ``frozen`` model (the reference) has no backward, so its root reshards at once."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = (
@@ -47,12 +50,13 @@ def shard(model: nn.Module, mixed_bf16: bool = False) -> nn.Module:
             fully_shard(m, mp_policy=mp)
         if hasattr(m, "generate") and hasattr(m, "config"):
             m._is_fsdp_managed_module = True  # transformers' generate() then keeps the ranks in step
+    root = {"reshard_after_forward": True} if frozen else {}
     units = _outer_hf_models(model)
     for m in units:
-        fully_shard(m, mp_policy=mp)
+        fully_shard(m, mp_policy=mp, **root)
     covered = {id(p) for m in units for p in m.parameters()}
     if not units or any(id(p) not in covered for p in model.parameters()):
-        fully_shard(model, mp_policy=mp)  # a critic's head besides its backbone: the wrapper is the root
+        fully_shard(model, mp_policy=mp, **root)  # a critic's head besides its backbone: the wrapper is root
     return model
 
 
@@ -222,9 +226,11 @@ def load_and_place(acc, spec, resume_dir: Path | None, *, fsdp: bool, mixed_bf16
     if hp.gradient_checkpointing:
         enable_gradient_checkpointing(policy, value)
     if fsdp:
-        for model in (policy, value, reference.model if reference is not None else None):
+        for model in (policy, value):
             if model is not None:
                 shard(model, mixed_bf16)
+        if reference is not None and reference.model is not None:
+            shard(reference.model, mixed_bf16, frozen=True)
     sizes = BatchSizes.of(spec, acc.num_processes)
     optimizer = make_optimizer(policy, value, hp)
     total = hp.steps * hp.epochs_per_rollout * sizes.num_minibatches
