@@ -43,6 +43,7 @@ hp = dict(
     kl_coef=0.05,
 )
 lora = None
+merge = False
 reward = letter_reward
 algorithm = "grpo"
 if case.startswith("ppo"):
@@ -52,12 +53,17 @@ if case == "ppo-lora":
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 if case == "lora":
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    merge = True  # and a merged model beside the adapter, built on rank 0 from the written adapter
 if case.startswith("resume"):
     hp.update(steps=4)
 if case == "lora":  # and gradient checkpointing, under sharding
     hp.update(gradient_checkpointing=True)
 spec_dict = letter_spec(
-    {"name_or_path": model_path, "lora": lora}, algorithm=algorithm, prompts=PROMPTS, gpus=2, **hp
+    {"name_or_path": model_path, "lora": lora, "merge_lora_on_save": merge},
+    algorithm=algorithm,
+    prompts=PROMPTS,
+    gpus=2,
+    **hp,
 )
 spec_dict["resources"]["strategy"] = strategy
 if case == "grpo-eval":  # 5 prompts over 2 ranks: 3 and 2, so unequal generate() calls unless synced

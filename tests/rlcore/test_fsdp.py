@@ -114,6 +114,9 @@ def test_fsdp_runs_ppo_lora_and_evaluation(tmp_path, tiny_model_path, case):
         lora = {f"policy.{k}": v for k, v in model.state_dict().items() if "lora_" in k}
         assert lora and _max_diff(lora, {k: weights[k] for k in lora}) == 0.0
         assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero: trained
+        if case == "lora":  # merge_lora_on_save: the merged model equals base + adapter merged here
+            merged = AutoModelForCausalLM.from_pretrained(directory / "merged").state_dict()
+            assert _max_diff(merged, model.merge_and_unload().state_dict()) < 1e-6
     else:
         loaded = AutoModelForCausalLM.from_pretrained(directory / "model").state_dict()
         policy = {k: v for k, v in weights.items() if k.startswith("policy.")}
