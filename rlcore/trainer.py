@@ -14,7 +14,8 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
 Where the pieces live: sampling in ``rlcore.rollout``, scoring and the reward log in
 ``rlcore.rewards.scoring``, the advantage math in ``rlcore.algorithms``, the update loop and loss terms in
 ``rlcore.update``, step metrics in ``rlcore.step_metrics``, checkpoint files in ``rlcore.checkpoint``,
-held-out evaluation in ``rlcore.evaluation`` and early stopping in ``rlcore.early_stop``.
+held-out evaluation in ``rlcore.evaluation``, early stopping in ``rlcore.early_stop``, the models on the
+ranks (DDP, or FSDP with ``resources.strategy: fsdp``) and their checkpoints in ``rlcore.distributed``.
 """
 
 from __future__ import annotations
@@ -183,14 +184,7 @@ class Trainer:
         self.tokenizer, self.policy, self.reference, self.value = m.tokenizer, m.policy, m.reference, m.value
         self.optimizer, self.scheduler, self.sizes = m.optimizer, m.scheduler, m.sizes
         self.updater = Updater(
-            self.acc,
-            self.policy,
-            self.value,
-            self.optimizer,
-            self.scheduler,
-            self.hp,
-            self.sizes,
-            self._forward,
+            self.acc, m.policy, m.value, m.optimizer, m.scheduler, self.hp, m.sizes, self._forward
         )
 
     def _restore(self, directory: Path) -> None:
