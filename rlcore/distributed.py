@@ -8,8 +8,9 @@ Generation runs on the sharded policy with Hugging Face's ``generate(synced_gpus
 ``_is_fsdp_managed_module`` flag transformers reads): every new token is a forward, so every layer's
 weights are all-gathered once per token, and ranks whose samples ended keep stepping until all have.
 
-The process group is the one ``accelerate``'s ``Accelerator`` set up (gloo on CPU, NCCL on GPUs);
-accelerate's own FSDP plugin is not used: its FSDP2 path expects CUDA devices.
+The process group is the one ``accelerate``'s ``Accelerator`` set up (gloo on CPU, NCCL on GPUs), and
+``fully_shard`` is called here directly rather than through accelerate's FSDP plugin: the models are sharded
+before the optimizer is built, the same way on CPU ranks and GPUs, with no launcher configuration.
 """
 
 from __future__ import annotations
