@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: rlcore GRPO/PPO and TRL GRPO on one CUDA card with a random ~0.5 B Qwen2 model in bf16; prints
-# generation tokens/s, training MFU and peak GPU memory per run. Whole script: under 8 minutes.
+# generation tokens/s, training MFU and peak GPU memory per run. With two or more GPUs it then runs the same
+# model under resources.strategy ddp and fsdp on two ranks (GRPO and PPO, 2 steps each) and prints what each
+# rank held and its peak GPU memory (benchmarks/memory_table.py --measure). Whole script: under 8 minutes on
+# one GPU, under 13 with two or more.
 # Usage (repository root): benchmarks/gpu_check.sh [--steps N] [--new-tokens N] [--peak-tflops X]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +19,15 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 "$PY" -c "import trl" 2>/dev/null || "$PY" -m pip install -q -e ".[bench]"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-exec timeout 470 "$PY" benchmarks/gpu_check.py "$@"
+GPUS=$(nvidia-smi -L | grep -c '^GPU')
+status=0
+timeout 470 "$PY" benchmarks/gpu_check.py "$@" || status=$?
+if [ "$GPUS" -ge 2 ]; then
+  echo
+  echo "fsdp check: $GPUS GPUs; ddp and fsdp on two ranks, the 0.5b model (GRPO and PPO, 2 steps each)"
+  timeout 300 "$PY" benchmarks/memory_table.py --measure --size 0.5b || status=$?
+else
+  echo
+  echo "fsdp check: skipped (one GPU; resources.strategy fsdp needs two ranks)"
+fi
+exit $status

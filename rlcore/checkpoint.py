@@ -5,6 +5,8 @@ Layout of one checkpoint (``output_dir/checkpoints/step-000010/``):
   value_model/         PPO's critic: value_head.safetensors + its backbone directory (with LoRA: its adapter;
                        a shared critic: the head only)
   optimizer.pt         optimizer and scheduler state (tensors and numbers only: loaded with weights_only=True)
+  optimizer/           instead, under resources.strategy fsdp: rank-RRRRR-of-WWWWW.pt, each rank's shard of
+                       the optimizer state (same format), for an exact resume at the same world size
   trainer_state.json   step, data cursor, KL controller, running reward statistics, RNG states
   manifest.json        {"step", "files": [{"path", "sha256", "size"}]} — written last
 
@@ -163,27 +165,41 @@ def write_training_state(
     scheduler,
     state,
     merge_lora: bool = False,
+    policy_state: dict | None = None,
+    value_state: dict | None = None,
 ) -> None:
     """Fill ``directory`` with the layout of the module docstring (everything but the manifest).
 
     ``policy`` and ``value_model`` are unwrapped (not the data-parallel wrappers); ``state`` is the
-    ``TrainerState`` to resume from."""
+    ``TrainerState`` to resume from. Sharded models (``resources.strategy: fsdp``) come with their gathered
+    ``policy_state`` / ``value_state`` and no ``optimizer`` (each rank writes its own shard, see
+    ``rlcore.distributed``)."""
     import torch
 
-    policy.save_pretrained(directory / "model", safe_serialization=True)
+    policy.save_pretrained(directory / "model", safe_serialization=True, state_dict=policy_state)
     tokenizer.save_pretrained(directory / "model")
     if merge_lora:  # a plain model beside the adapter, for tools that do not read adapters
-        import copy
-
-        merged = copy.deepcopy(policy).merge_and_unload()
+        merged = _merged(policy, directory / "model", sharded=policy_state is not None)
         merged.save_pretrained(directory / "merged", safe_serialization=True)
         tokenizer.save_pretrained(directory / "merged")
     if value_model is not None:
-        value_model.save(directory / "value_model")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER_FILE
-    )
+        value_model.save(directory / "value_model", state_dict=value_state)
+    if optimizer is not None:
+        saved = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        torch.save(saved, directory / OPTIMIZER_FILE)
     state.save(directory)
+
+
+def _merged(policy, adapter_dir: Path, *, sharded: bool):
+    """The LoRA policy with its adapters merged into the base weights, a model of its own. A sharded policy
+    cannot be copied on one rank: its base model is loaded afresh with the adapter just written."""
+    if not sharded:
+        import copy
+
+        return copy.deepcopy(policy).merge_and_unload()
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload()
 
 
 def load_optimizer_state(directory: Path, optimizer, scheduler) -> None:

@@ -44,12 +44,13 @@ class ValueHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1).float()
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, state_dict: dict | None = None) -> None:
+        """``state_dict``: the head's gathered tensors (``linear.weight``, ``linear.bias``) when sharded."""
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        state = {f"linear.{k}": v.detach().contiguous() for k, v in self.linear.state_dict().items()}
-        save_file(state, str(path / VALUE_HEAD_FILE))
+        tensors = state_dict or {f"linear.{k}": v for k, v in self.linear.state_dict().items()}
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path / VALUE_HEAD_FILE))
 
     def load(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -70,9 +71,11 @@ class SeparateCritic(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return self.head(out.last_hidden_state[:, -num_completion - 1 : -1])
 
-    def save(self, path: Path) -> None:
-        self.backbone.save_pretrained(path, safe_serialization=True)
-        self.head.save(path)
+    def save(self, path: Path, state_dict: dict | None = None) -> None:
+        """``state_dict``: the critic's gathered state dict when it is sharded (FSDP)."""
+        parts = _split(state_dict, ("backbone", "head"))
+        self.backbone.save_pretrained(path, safe_serialization=True, state_dict=parts["backbone"])
+        self.head.save(path, parts["head"])
 
 
 class SharedCritic(nn.Module):
@@ -85,8 +88,15 @@ class SharedCritic(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)
 
-    def save(self, path: Path) -> None:
-        self.head.save(path)
+    def save(self, path: Path, state_dict: dict | None = None) -> None:
+        self.head.save(path, _split(state_dict, ("head",))["head"])
+
+
+def _split(state_dict: dict | None, prefixes: tuple[str, ...]) -> dict[str, dict | None]:
+    """A module's state dict by child: ``{"head": {"linear.weight": ...}, ...}`` (None for None)."""
+    if state_dict is None:
+        return dict.fromkeys(prefixes)
+    return {p: {k[len(p) + 1 :]: v for k, v in state_dict.items() if k.startswith(p + ".")} for p in prefixes}
 
 
 def _backbone_on_policy_weights(policy: nn.Module) -> nn.Module:

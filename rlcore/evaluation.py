@@ -90,6 +90,7 @@ class Evaluator:
         world: int = 1,
         gather: Callable[[list], list] | None = None,
         batch_size: int | None = None,
+        synced: bool = False,
     ):
         if spec.evaluation is None:
             raise ValueError("the job has no evaluation section")
@@ -98,6 +99,8 @@ class Evaluator:
         self.prompts = [render_prompt(r, tokenizer) for r in rows]
         self.tokenizer, self.scorer = tokenizer, scorer
         self.rank, self.world = rank, world
+        # Sharded weights (FSDP): every rank runs the same generate() calls, padded with a repeated prompt.
+        self.synced = synced
         self.gather = gather or (lambda objects: objects)
         self.reward_log = RewardLog(reward_dir, rank, kind=SPLIT)
         self.k = self.ev.samples_per_prompt
@@ -112,7 +115,8 @@ class Evaluator:
         """Metrics and samples of the policy ``model`` (unwrapped) after ``step`` updates."""
         t0 = time.perf_counter()
         mine = list(range(self.rank, len(self.rows), self.world))
-        per_prompt = self._score(self._complete(model, step, mine), step, mine) if mine else []
+        completed = self._complete(model, step, mine) if mine or self.synced else None
+        per_prompt = self._score(completed, step, mine) if mine else []
         everyone = sorted(self.gather(per_prompt), key=lambda p: p["group"])
         metrics = self._metrics(everyone)
         metrics[names.EVAL_TIME_S] = time.perf_counter() - t0
@@ -126,6 +130,9 @@ class Evaluator:
         """Prompts, completions, completion lengths (tokens) and whether each was cut at max_new_tokens, k
         consecutive ones per prompt."""
         prompts = [self.prompts[i] for i in indices for _ in range(self.k)]
+        real = len(prompts)
+        if self.synced:
+            prompts += [self.prompts[0]] * (-(-len(self.rows) // self.world) * self.k - real)
         completions: list[str] = []
         lengths: list[int] = []
         truncated: list[bool] = []
@@ -146,7 +153,7 @@ class Evaluator:
                 completions += rollout.completions
                 lengths += rollout.response_mask.sum(dim=1).tolist()
                 truncated += rollout.truncated.tolist()
-        return prompts, completions, lengths, truncated
+        return prompts[:real], completions[:real], lengths[:real], truncated[:real]
 
     def _score(self, completed, step: int, indices: list[int]) -> list[dict[str, Any]]:
         """Per prompt: its global index (``group``), the k rewards, lengths, components and sample records."""

@@ -219,6 +219,7 @@ def lean_forward_supported(model, input_ids: torch.Tensor) -> bool:
         and fast_sampling_supported(model, 1.0)
         and not getattr(cfg, "attention_dropout", 0.0)
         and not torch.is_autocast_enabled("cpu")
+        and not getattr(model, "is_activation_checkpointing", False)  # only the HF layers recompute
     )
 
 

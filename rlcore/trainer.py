@@ -14,7 +14,8 @@ GRPO (Shao et al. 2024, arXiv:2402.03300) and PPO (Schulman et al. 2017, arXiv:1
 Where the pieces live: sampling in ``rlcore.rollout``, scoring and the reward log in
 ``rlcore.rewards.scoring``, the advantage math in ``rlcore.algorithms``, the update loop and loss terms in
 ``rlcore.update``, step metrics in ``rlcore.step_metrics``, checkpoint files in ``rlcore.checkpoint``,
-held-out evaluation in ``rlcore.evaluation`` and early stopping in ``rlcore.early_stop``.
+held-out evaluation in ``rlcore.evaluation``, early stopping in ``rlcore.early_stop``, the models on the
+ranks (DDP, or FSDP with ``resources.strategy: fsdp``) and their checkpoints in ``rlcore.distributed``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from rlcore import algorithms as alg
 from rlcore import checkpoint as ckpt
+from rlcore import distributed as dist
 from rlcore.callbacks import Callback, CallbackList
 from rlcore.critic import SHARED, policy_and_values
 from rlcore.data import PromptCursor, load_rows, render_prompt
@@ -36,15 +38,13 @@ from rlcore.early_stop import EarlyStopper
 from rlcore.errors import ErrorCode, Interrupted, OutOfMemory, RLFTError
 from rlcore.evaluation import Evaluator, load_eval_rows, overlap_warning
 from rlcore.layout import rewards_dir
-from rlcore.models import load_models, load_tokenizer
-from rlcore.optim import make_optimizer, make_scheduler
 from rlcore.rewards import RewardURLPolicy, make_job_scorer
 from rlcore.rewards.scoring import RewardLog, ScoredRollout, reward_items, score_items
 from rlcore.rollout import Rollout, generate
 from rlcore.spec import Algorithm, JobSpec
 from rlcore.state import TrainerState, capture_rng, restore_rng
 from rlcore.step_metrics import step_metrics, timing_metrics
-from rlcore.update import Batch, BatchSizes, Updater, micro_slices
+from rlcore.update import Batch, Updater, micro_slices
 
 # The seed's two methods: PPO's advantages come from GAE over a critic, GRPO's from comparing a group.
 ADVANTAGE_ESTIMATORS = {
@@ -114,6 +114,8 @@ class Trainer:
         self.mixed_bf16 = not use_cpu and spec.model.dtype == "auto" and torch.cuda.is_bf16_supported()
         self.acc = Accelerator(cpu=use_cpu, mixed_precision="bf16" if self.mixed_bf16 else "no")
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        # FSDP over one process would shard nothing: a local run of an fsdp spec trains unsharded.
+        self.fsdp = spec.resources.strategy == dist.FSDP and self.world > 1
         if self.hp.prompts_per_step % self.world:
             raise RLFTError(
                 f"hyperparameters.prompts_per_step ({self.hp.prompts_per_step}) must divide by the "
@@ -172,32 +174,21 @@ class Trainer:
             rank=self.rank,
             world=self.world,
             gather=self._gather,
+            synced=self.fsdp,  # sharded weights: every rank runs the same generate() calls
         )
 
     def _load_models(self) -> None:
-        spec = self.spec
-        self.tokenizer = load_tokenizer(spec.model)
-        policy, self.reference, value = load_models(spec, self.acc.device, self.mixed_bf16, self.resume_dir)
-        optimizer = make_optimizer(policy, value, self.hp)
-        self.sizes = BatchSizes.of(spec, self.world)
-        total = self.hp.steps * self.hp.epochs_per_rollout * self.sizes.num_minibatches
-        scheduler = make_scheduler(optimizer, self.hp, total)
-        models = [policy] if value is None else [policy, value]
-        *models, self.optimizer, self.scheduler = self.acc.prepare(*models, optimizer, scheduler)
-        self.policy, self.value = models[0], (models[1] if value is not None else None)
+        m = dist.load_and_place(
+            self.acc, self.spec, self.resume_dir, fsdp=self.fsdp, mixed_bf16=self.mixed_bf16
+        )
+        self.tokenizer, self.policy, self.reference, self.value = m.tokenizer, m.policy, m.reference, m.value
+        self.optimizer, self.scheduler, self.sizes = m.optimizer, m.scheduler, m.sizes
         self.updater = Updater(
-            self.acc,
-            self.policy,
-            self.value,
-            self.optimizer,
-            self.scheduler,
-            self.hp,
-            self.sizes,
-            self._forward,
+            self.acc, m.policy, m.value, m.optimizer, m.scheduler, self.hp, m.sizes, self._forward
         )
 
     def _restore(self, directory: Path) -> None:
-        ckpt.load_optimizer_state(directory, self.optimizer, self.scheduler)
+        dist.load_optimizer(directory, self.acc, self.optimizer, self.scheduler, fsdp=self.fsdp)
         self.state = TrainerState.load(directory)
         self.cursor.load_state_dict(self.state.cursor)
         self.kl_ctl.load_state_dict(self.state.kl)
@@ -450,25 +441,13 @@ class Trainer:
         self.state.reward_moments = self.reward_moments.tolist()
         self.state.rng = rng_states
         self.state.early_stop = self.stopper.state_dict() if self.stopper is not None else {}
-        path = manifest = None
         merge = final and self.spec.model.lora is not None and self.spec.model.merge_lora_on_save
-        if self.acc.is_main_process:
-            path, manifest = ckpt.save_checkpoint(
-                self.output_dir,
-                self.state.step,
-                lambda d: ckpt.write_training_state(
-                    d,
-                    policy=self.acc.unwrap_model(self.policy),
-                    tokenizer=self.tokenizer,
-                    value_model=self.acc.unwrap_model(self.value) if self.value is not None else None,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    state=self.state,
-                    merge_lora=merge,
-                ),
-                keep=self.hp.keep_checkpoints,
-            )
-        self.acc.wait_for_everyone()
+        parts = dict(policy=self.policy, value=self.value, optimizer=self.optimizer, scheduler=self.scheduler)
+        parts.update(tokenizer=self.tokenizer, state=self.state, merge_lora=merge)
+        keep = self.hp.keep_checkpoints
+        path, manifest = dist.save_checkpoint(
+            self.acc, self.output_dir, self.state.step, self.fsdp, keep, **parts
+        )
         if self.acc.is_main_process:
             self.callbacks.on_checkpoint(self.state.step, str(path), manifest)
         return str(path) if path else ""

@@ -107,6 +107,13 @@ class BatchSizes:
         return cls(minibatch, micro, max(1, local // minibatch))
 
 
+def _no_sync(acc, model):
+    """No gradient all-reduce (DDP) or reduce-scatter (FSDP) in this backward."""
+    from rlcore.distributed import is_sharded, no_gradient_sync
+
+    return no_gradient_sync(model) if is_sharded(model) else acc.no_sync(model)
+
+
 def micro_slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -157,7 +164,7 @@ class Updater:
                 ):  # gradients are all-reduced once, at the last
                     for model in (self.policy, self.value):
                         if model is not None:
-                            no_sync.enter_context(self.acc.no_sync(model))
+                            no_sync.enter_context(_no_sync(self.acc, model))
                 loss, m = self._micro_loss(batch, micro, step, kl_coef)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(

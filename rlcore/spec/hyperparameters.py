@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from rlcore.spec.base import (
@@ -108,6 +109,14 @@ class Hyperparameters(_Frozen):
         le=2**20,
         description="Tokens per chunk in the memory-light log-softmax over the vocabulary.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute each decoder layer's activations in the backward pass instead of keeping them "
+            "(Hugging Face's gradient_checkpointing_enable): less activation memory for about one more "
+            "forward per update; generation is unaffected."
+        ),
+    )
     samples_per_step: int = Field(16, ge=0, le=4096, description="Per-sample records reported each step.")
     # PPO at its defaults without hand-tuning: reward normalisation, critic warm-up, entropy bonus, ...
     reward_norm: Literal["none", "batch", "running"] | None = Field(
@@ -156,6 +165,11 @@ class ResourcesSpec(_Frozen):
         "(the service caps it with RLFT_MAX_GPUS_PER_JOB).",
     )
     queue: str | None = Field(None, description="Celery queue (default: 'gpu', or 'cpu' when gpus is 0).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How ranks share the work: 'ddp' (every rank holds the whole model) or 'fsdp' (torch's "
+        "FSDP2: each rank holds 1/N of the weights, gradients and optimizer state; needs gpus >= 2).",
+    )
 
     @field_validator("queue")
     @classmethod
@@ -166,3 +180,12 @@ class ResourcesSpec(_Frozen):
                 "starting with a letter or digit"
             )
         return queue
+
+    @model_validator(mode="after")
+    def _fsdp_needs_ranks(self) -> ResourcesSpec:
+        if self.strategy == "fsdp" and self.gpus < 2:
+            raise ValueError(
+                f"resources.strategy 'fsdp' shards the model over ranks and resources.gpus is {self.gpus}: "
+                "ask for gpus >= 2 (one rank per GPU, or per CPU process on a CPU worker) or use 'ddp'"
+            )
+        return self

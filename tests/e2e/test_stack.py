@@ -292,11 +292,15 @@ def test_a_brief_api_outage_loses_nothing(stack):
         assert got["step"] == step and got["data"], f"the samples of step {step} are missing"
 
 
-def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpoint(stack):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpoint(
+    stack, strategy, tmp_path
+):
     # `resources.gpus: 2` on the cpu queue: two torchrun ranks with the gloo backend, what a CPU-only CI can
     # run of the multi-GPU path. Cancel reaches the ranks, which checkpoint and exit; the launcher follows.
+    # Under fsdp each rank holds half the model: the checkpoint gathers it and keeps each rank's optimizer.
     spec = make_spec(stack, "grpo", reward="slow", steps=200, checkpoint_every=0)
-    spec["resources"] = {"gpus": 2, "queue": "cpu"}
+    spec["resources"] = {"gpus": 2, "queue": "cpu", "strategy": strategy}
     job = stack.submit(spec)
     wait_for(lambda: len(stack.metrics(job["id"], "reward/mean")) >= 2, JOB_TIMEOUT_S, "two steps", stack)
     assert stack.request("POST", f"/v1/jobs/{job['id']}/cancel").status_code == 200
@@ -308,6 +312,8 @@ def test_a_two_process_job_runs_under_accelerate_launch_and_stops_with_a_checkpo
     wait_for(lambda: not training_children(workers), 30, "the ranks and the launcher to exit", stack)
     (log,) = list(stack.root.glob(f"worker-*/worker/jobs/{job['id']}/attempt-*/child.log"))
     assert "got signal: 15" not in log.read_text(), "the launcher was stopped instead of its ranks"
+    if strategy == "fsdp":  # the gathered model downloads and loads like any other
+        assert_archive_loads(stack, job["id"], tmp_path)
 
 
 def test_a_job_scored_by_graders_alone_learns_and_reports_its_components(stack, tmp_path):

@@ -95,6 +95,15 @@ def test_reward_headers_are_write_only():
     assert JobSpec.model_json_schema()["$defs"]["RewardSpec"]["properties"]["headers"]["writeOnly"] is True
 
 
+def test_strategy_defaults_to_ddp_and_fsdp_needs_two_ranks():
+    assert _spec().resources.strategy == "ddp" and not _spec().hyperparameters.gradient_checkpointing
+    spec = _spec(resources={"gpus": 2, "strategy": "fsdp"}, hyperparameters={"gradient_checkpointing": True})
+    assert spec.resources.strategy == "fsdp" and spec.hyperparameters.gradient_checkpointing
+    assert JobSpec.model_validate(spec.secret_dict()) == spec
+    assert "resources.gpus is 1: ask for gpus >= 2" in _error(resources={"strategy": "fsdp"})
+    assert "'ddp' or 'fsdp'" in _error(resources={"gpus": 2, "strategy": "deepspeed"})
+
+
 def test_spec_is_frozen():
     spec = _spec()
     with pytest.raises(ValidationError):

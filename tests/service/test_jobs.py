@@ -41,6 +41,15 @@ def _ppo(**hyperparameters) -> dict:
         (_ppo(critic_warmup_steps=-1), "hyperparameters.critic_warmup_steps", "greater than or equal to 0"),
         (_ppo(entropy_coef=-0.01), "hyperparameters.entropy_coef", "greater than or equal to 0"),
         (_ppo(minibatch_size=64), "", "hyperparameters.minibatch_size (64) is larger than the rollout"),
+        # Sharding: a strategy it knows, and more than one rank to shard over
+        ({"resources": {"gpus": 2, "strategy": "zero3"}}, "resources.strategy", "'ddp' or 'fsdp'"),
+        ({"resources": {"gpus": 1, "strategy": "fsdp"}}, "resources", "resources.strategy 'fsdp' shards"),
+        ({"resources": {"gpus": 0, "strategy": "fsdp"}}, "resources", "ask for gpus >= 2"),
+        (
+            {"hyperparameters": {"gradient_checkpointing": "yes"}},
+            "hyperparameters.gradient_checkpointing",
+            "",
+        ),
     ],
 )
 def test_invalid_spec_answers_422_naming_the_field(
