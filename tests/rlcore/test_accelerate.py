@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from rlft_contracts.localproc import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,8 @@ def test_two_process_accelerate_launch_keeps_ranks_identical(tmp_path, tiny_mode
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",  # not the default 29500: another run on this machine may hold it
+        str(free_port()),
         str(REPO / "tests/rlcore/ddp_script.py"),
         tiny_model_path,
         str(tmp_path),

@@ -18,6 +18,7 @@ import torch
 from rlcore import checkpoint as ckpt
 from rlcore.errors import RLFTError
 from rlcore.spec import JobSpec
+from rlft_contracts.localproc import free_port
 from tests.rlcore.helpers import dense_reward, make_spec
 from tests.support.specs import PROMPTS, letter_spec
 
@@ -30,6 +31,7 @@ def _run(model: str, out: Path, case: str, strategy: str = "fsdp") -> list[dict]
     if strategy == "fsdp":
         launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
         launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--main_process_port", str(free_port())]  # not 29500: another run may hold it
     else:
         launch = []
     cmd = [sys.executable, *launch, SCRIPT, model, str(out), case, strategy]
