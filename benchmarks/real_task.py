@@ -38,11 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RLFT_BENCH_CACHE", "/work/cache"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SECTION = "## Real task: SmolLM2-135M-Instruct learns addition"
-# Worded so that the untrained model writes an "Answer:" line in ~1 sample of 5 (7 of 32 measured; a terser
-# "Reply with one line, exactly: Answer: <number>" got 0 of 32, and GRPO has nothing to reinforce).
-INSTRUCTION = (
-    'What is {a} + {b}? End your reply with a line of the form "Answer: <number>", for example "Answer: 42".'
-)
+# Worded so that the untrained model writes an "Answer:" line now and then (3 of 32 samples measured): a
+# terser "Reply with one line, exactly: Answer: <number>" got 0 of 32 (nothing for GRPO to reinforce); adding
+# 'for example "Answer: 42"' got 7 of 32, and 20 steps later every reply was "Answer: 42".
+INSTRUCTION = 'What is {a} + {b}? End your reply with a line of the form "Answer: <number>".'
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 # The reward (a rewards: list of the job spec; examples/specs/grpo_arithmetic_smollm2.yaml holds the same).
 # A reply earns credit only when it stopped by itself (truncated_score 0): 0.8 for the right number on its
