@@ -479,8 +479,8 @@ def write_section(args, base: dict) -> str:
         )
     lines += [
         "",
-        "How to read it: each engine runs in its own process, one after the other, on the same shared 2-core "
-        "machine (the load average is the machine's, other helpers' tests included). *s/step* is rollout + "
+        "How to read it: each engine runs in its own process on the same shared 2-core machine "
+        "(the load average is the machine's, other helpers' tests included). *s/step* is rollout + "
         "reward + update (this engine's `time/step_s`; TRL's from `on_step_begin` to `on_step_end`), without "
         "evaluation; *wall* includes model loading, evaluation and, for this engine, checkpoints (one every "
         "evaluation). *Peak RSS* is the process's `ru_maxrss`, evaluation included. TRL runs at its defaults "
