@@ -28,6 +28,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -279,7 +280,9 @@ def run_rlft(args, model_dir: Path, train_rows, held, record: Record) -> None:
             },
         }
     )
-    train(spec, Path(args.out) / f"rlft-seed{args.seed}", callbacks=[Probe()], resume=False)
+    run_dir = Path(args.out) / f"rlft-seed{args.seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # an older run's newer checkpoint would outlive this run's
+    train(spec, run_dir, callbacks=[Probe()], resume=False)
 
 
 def trl_reward(model_dir: Path):
