@@ -28,6 +28,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -38,11 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RLFT_BENCH_CACHE", "/work/cache"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SECTION = "## Real task: SmolLM2-135M-Instruct learns addition"
-# Worded so that the untrained model writes an "Answer:" line in ~1 sample of 5 (7 of 32 measured; a terser
-# "Reply with one line, exactly: Answer: <number>" got 0 of 32, and GRPO has nothing to reinforce).
-INSTRUCTION = (
-    'What is {a} + {b}? End your reply with a line of the form "Answer: <number>", for example "Answer: 42".'
-)
+# Worded so that the untrained model writes an "Answer:" line now and then (3 of 32 samples measured): a
+# terser "Reply with one line, exactly: Answer: <number>" got 0 of 32 (nothing for GRPO to reinforce); adding
+# 'for example "Answer: 42"' got 7 of 32, and 20 steps later every reply was "Answer: 42".
+INSTRUCTION = 'What is {a} + {b}? End your reply with a line of the form "Answer: <number>".'
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 # The reward (a rewards: list of the job spec; examples/specs/grpo_arithmetic_smollm2.yaml holds the same).
 # A reply earns credit only when it stopped by itself (truncated_score 0): 0.8 for the right number on its
@@ -280,7 +280,9 @@ def run_rlft(args, model_dir: Path, train_rows, held, record: Record) -> None:
             },
         }
     )
-    train(spec, Path(args.out) / f"rlft-seed{args.seed}", callbacks=[Probe()], resume=False)
+    run_dir = Path(args.out) / f"rlft-seed{args.seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # an older run's newer checkpoint would outlive this run's
+    train(spec, run_dir, callbacks=[Probe()], resume=False)
 
 
 def trl_reward(model_dir: Path):
@@ -480,8 +482,8 @@ def write_section(args, base: dict) -> str:
         )
     lines += [
         "",
-        "How to read it: each engine runs in its own process, one after the other, on the same shared 2-core "
-        "machine (the load average is the machine's, other helpers' tests included). *s/step* is rollout + "
+        "How to read it: each engine runs in its own process on the same shared 2-core machine "
+        "(the load average is the machine's, other helpers' tests included). *s/step* is rollout + "
         "reward + update (this engine's `time/step_s`; TRL's from `on_step_begin` to `on_step_end`), without "
         "evaluation; *wall* includes model loading, evaluation and, for this engine, checkpoints (one every "
         "evaluation). *Peak RSS* is the process's `ru_maxrss`, evaluation included. TRL runs at its defaults "
