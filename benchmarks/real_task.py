@@ -277,6 +277,7 @@ def run_rlft(args, model_dir: Path, train_rows, held, record: Record) -> None:
                 "seed": args.seed,
                 "checkpoint_every": args.eval_every,
                 "keep_checkpoints": 1,
+                "gradient_checkpointing": args.gradient_checkpointing,
             },
         }
     )
@@ -522,6 +523,11 @@ def main() -> None:
     p.add_argument("--trl-python", default=str(CACHE / "trl-venv/bin/python"))
     p.add_argument("--out", default=str(CACHE / "real_task"))
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="this engine with hyperparameters.gradient_checkpointing (TRL's default is on)",
+    )
     p.add_argument("--write-data", metavar="DIR", help="only write the task's JSONL files to DIR")
     p.add_argument("--report-only", action="store_true", help="only rewrite the section from --out")
     p.add_argument("--child", choices=("rlft", "trl"), help=argparse.SUPPRESS)
@@ -546,6 +552,7 @@ def main() -> None:
             cmd = [python, __file__, "--child", engine, "--seed", str(seed)]
             for flag in ("steps", "eval_every", "task_seed", "train_size", "eval_size", "model_dir", "out"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             print("running", " ".join(cmd), flush=True)
             subprocess.run(cmd, env=env, check=True)
