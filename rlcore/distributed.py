@@ -306,3 +306,17 @@ def load_optimizer(directory: Path, acc, optimizer, scheduler, *, fsdp: bool) ->
         )
     else:
         ckpt.load_optimizer_state(directory, optimizer, scheduler)
+
+
+def end_process_group() -> None:
+    """Leave the process group before the process exits, every rank together.
+
+    A rank that exits with its gloo/NCCL group still up can abort in the library's teardown ("terminate called
+    without an active exception", exit -6) after a run that succeeded; the launcher then reports the job as
+    crashed. The barrier first, so no rank tears down while another still talks to it.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+            dist.barrier()
+        dist.destroy_process_group()

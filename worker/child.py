@@ -206,7 +206,16 @@ def run(args: argparse.Namespace, reward_headers: dict[str, Any] | None = None) 
     if outbox is not None:
         outbox.write(Kind.RESULT, status=status, error=error)
         outbox.close()
+    if code != EXIT_FAILED:  # a failed rank may have left its peers mid-collective: a barrier would hang
+        _end_process_group()
     return code
+
+
+def _end_process_group() -> None:
+    if "torch" in sys.modules:  # only a run that got as far as the engine has a process group
+        from rlcore.distributed import end_process_group
+
+        end_process_group()
 
 
 def _train(

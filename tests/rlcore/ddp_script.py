@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from rlcore.distributed import end_process_group
 from rlcore.spec import JobSpec
 from rlcore.trainer import Trainer
 from tests.rlcore.helpers import dense_reward, letter_reward, make_spec
@@ -56,3 +57,4 @@ if trainer.evaluator is not None:
     (out / f"eval{trainer.rank}.json").write_text(json.dumps({"metrics": metrics, "groups": groups}))
 trainer.close()
 assert torch.distributed.is_initialized()
+end_process_group()  # as the worker's training process does: no rank exits with the group up

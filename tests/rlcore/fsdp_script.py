@@ -146,3 +146,4 @@ if trainer.rank == 0:
     torch.save(weights, out / "weights.pt")
 report(trainer, resumed_from=start, last_checkpoint=result.last_checkpoint)
 trainer.close()
+dist.end_process_group()  # as the worker's training process does: no rank exits with the group up
