@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 DOWNLOAD_LEASE_S = 120.0
 DOWNLOAD_RENEW_S = 20.0
 
+# The checkpoint directory a download sends, by name (rlcore/checkpoint.py: merged/ is LoRA merged on save).
 Variant = Literal["model", "merged"]
-# The checkpoint directory each variant sends (rlcore/checkpoint.py: merged/ is LoRA merged on save).
-_SUBDIR: dict[str, str] = {"model": "model", "merged": "merged"}
 
 
 class CheckpointDeleted(ApiError):
@@ -60,7 +59,6 @@ def open_archive(session: Session, job: Job, ckpt_id: str, variant: Variant) -> 
     ckpt = crud.get_checkpoint(session, job.id, ckpt_id, lock=True)
     if ckpt.deleted_at is not None:
         raise CheckpointDeleted(job, ckpt)
-    subdir = _SUBDIR[variant]
     paths = {f["path"] for f in ckpt.files or []}
     if variant == "merged" and "merged/config.json" not in paths:
         raise Conflict(
@@ -77,7 +75,7 @@ def open_archive(session: Session, job: Job, ckpt_id: str, variant: Variant) -> 
         )
     lease_id = crud.take_download_lease(session, ckpt, DOWNLOAD_LEASE_S)
     suffix = "-merged" if variant == "merged" else ""
-    return Archive(lease_id, ckpt.location, list(ckpt.files), f"{job.id}-step-{ckpt.step}{suffix}", subdir)
+    return Archive(lease_id, ckpt.location, list(ckpt.files), f"{job.id}-step-{ckpt.step}{suffix}", variant)
 
 
 async def leased_stream(factory: sessionmaker[Session], archive: Archive) -> AsyncIterator[bytes]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from rlcore.metrics import default_best_metric
+from rlcore.spec import CheckpointPolicy as SpecCheckpointPolicy
 
 
 @dataclass(frozen=True)
@@ -23,20 +24,14 @@ class CheckpointPolicy:
 
 
 def checkpoint_policy(spec: dict[str, Any]) -> CheckpointPolicy:
-    """The job's ``checkpoints`` policy read from its stored spec, defaults resolved.
-
-    The one place the service reads it: jobs stored before the fields existed read as the defaults.
-    """
-    ckpt = spec.get("checkpoints") or {}
-    metric = ckpt.get("best_metric") or default_best_metric(spec)
-    mode = "min" if ckpt.get("best_mode") == "min" else "max"
-    keep_last = ckpt.get("keep_last")
-    keep_best = ckpt.get("keep_best")
+    """The job's ``checkpoints`` policy read from its stored spec, defaults resolved by the spec's own model
+    (``rlcore.spec.CheckpointPolicy``): jobs stored before the fields existed read as the defaults."""
+    stored = SpecCheckpointPolicy.model_validate(spec.get("checkpoints") or {})
     return CheckpointPolicy(
-        best_metric=metric,
-        best_mode=mode,
-        keep_last=int(keep_last) if keep_last is not None else None,
-        keep_best=int(keep_best) if keep_best is not None else 1,
+        best_metric=stored.best_metric or default_best_metric(spec),
+        best_mode=stored.best_mode,
+        keep_last=stored.keep_last,
+        keep_best=stored.keep_best,
     )
 
 
