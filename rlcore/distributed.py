@@ -81,29 +81,26 @@ def _outer_hf_models(model: nn.Module) -> list[nn.Module]:
     return found if not isinstance(model, PreTrainedModel) else []
 
 
-def _roots(model: nn.Module | None) -> list[nn.Module]:
-    """The outermost FSDP modules of ``model`` (itself, or a PEFT wrapper's causal LM)."""
+def fsdp_roots(model: nn.Module | None) -> list[nn.Module]:
+    """The outermost FSDP modules of ``model`` (itself, or a PEFT wrapper's causal LM), in one walk; empty:
+    not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
     if model is None:
         return []
-    if isinstance(model, FSDPModule):
-        return [model]
     roots: list[nn.Module] = []
-    for m in model.modules():
-        if isinstance(m, FSDPModule) and not any(m in set(r.modules()) for r in roots):
+    inside: list[str] = []  # name prefixes of the roots found: modules under them are not roots
+    for name, m in model.named_modules():
+        if isinstance(m, FSDPModule) and not any(name.startswith(p) for p in inside):
             roots.append(m)
+            inside.append(f"{name}." if name else "")
     return roots
 
 
-def is_sharded(model: nn.Module | None) -> bool:
-    return bool(_roots(model))
-
-
 @contextlib.contextmanager
-def no_gradient_sync(model: nn.Module):
-    """No reduce-scatter of gradients in this backward (the micro-batches before the last of a minibatch)."""
-    roots = _roots(model)
+def no_gradient_sync(roots: list[nn.Module]):
+    """No reduce-scatter of gradients in this backward (the micro-batches before the last of a minibatch),
+    for the FSDP ``roots`` of a model (``fsdp_roots``)."""
     for r in roots:
         r.set_requires_gradient_sync(False)
     try:

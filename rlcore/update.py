@@ -109,9 +109,10 @@ class BatchSizes:
 
 def _no_sync(acc, model):
     """No gradient all-reduce (DDP) or reduce-scatter (FSDP) in this backward."""
-    from rlcore.distributed import is_sharded, no_gradient_sync
+    from rlcore.distributed import fsdp_roots, no_gradient_sync
 
-    return no_gradient_sync(model) if is_sharded(model) else acc.no_sync(model)
+    roots = fsdp_roots(model)
+    return no_gradient_sync(roots) if roots else acc.no_sync(model)
 
 
 def micro_slices(n: int, size: int) -> list[slice]:

@@ -46,6 +46,8 @@ lora = None
 merge = False
 reward = letter_reward
 algorithm = "grpo"
+if case == "grpo":  # two micro-batches per rank: the first backward skips FSDP's gradient reduce-scatter
+    hp["micro_batch_size"] = 2
 if case.startswith("ppo"):
     algorithm, reward = "ppo", dense_reward
     hp.update(group_size=1, prompts_per_step=4, value_model="shared" if case == "ppo-shared" else "separate")
